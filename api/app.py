@@ -1,0 +1,49 @@
+"""The app factory. No module-level state: everything hangs off `app.state.service`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartParser
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.routes import admin, health, matching, media
+from hashdb import __version__
+from hashdb.service import Service
+from hashdb.settings import Settings
+
+# Uploads are media we must never write to disk (not even a temp file): keep
+# multipart files in memory. The body-size middleware bounds what that costs.
+MultiPartParser.spool_max_size = 2**62
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+    settings = settings or (service.settings if service else Settings())
+    owned = service is None
+    svc = service or Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not svc.ready:
+            await run_in_threadpool(svc.start)
+        yield
+        if owned:
+            await run_in_threadpool(svc.close)
+
+    app = FastAPI(
+        title="hashdb",
+        version=__version__,
+        summary="Shared perceptual-hash database and matching service for known illegal media.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    install_error_handlers(app)
+    for module in (health, matching, media, admin):
+        app.include_router(module.router)
+    # Multipart framing adds a little to the media itself.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    return app

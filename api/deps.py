@@ -1,0 +1,40 @@
+"""Typed dependencies: the service, the calling member, match options."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from hashdb.models import Caller
+from hashdb.service import MatchOptions, Service
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def current_caller(request: Request, service: ServiceDep) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    return service.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def match_options(
+    max_distance: Annotated[int | None, Query(ge=0, le=256)] = None,
+    include_disputed: bool = False,
+    labels: Annotated[str | None, Query(description="comma-separated; any of them")] = None,
+    min_quality: Annotated[int | None, Query(ge=0, le=100)] = None,
+) -> MatchOptions:
+    wanted = frozenset(p.strip().lower() for p in (labels or "").split(",") if p.strip())
+    return MatchOptions(max_distance, include_disputed, wanted, min_quality)
+
+
+MatchOptionsDep = Annotated[MatchOptions, Depends(match_options)]

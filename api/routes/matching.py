@@ -1,0 +1,91 @@
+"""Hashing and matching: /v1/hash, /v1/match, /v1/match/batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, File, Request, UploadFile
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, MatchOptionsDep, ServiceDep
+from api.schemas import BatchRequest, MatchRequest
+from api.upload import read_upload
+from hashdb.errors import InvalidRequest
+from hashdb.service import MatchOptions, MatchResult
+from hashdb.signals import Signal, signal_type
+
+router = APIRouter(prefix="/v1", tags=["matching"])
+
+
+@router.post("/hash")
+def hash_file(
+    caller: CallerDep, service: ServiceDep, file: UploadFile = File(...), types: str | None = None
+) -> dict[str, Any]:
+    media_type, signals = service.hash_media(read_upload(file), types)
+    return {"media_type": media_type, "signals": [s.as_json() for s in signals]}
+
+
+_MATCH_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": MatchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string",
+                                                                     "format": "binary"}}}
+            },
+        }
+    }
+}
+
+
+@router.post("/match", openapi_extra=_MATCH_BODY)
+async def match(
+    request: Request, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
+) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("send the media as a multipart field named 'file'")
+        data = read_upload(upload)
+        media_type, signals, result = await run_in_threadpool(
+            service.match_media, caller, data, options
+        )
+        return {"media_type": media_type, "signals": [s.as_json() for s in signals],
+                **_result(result)}
+    body = _parse(MatchRequest, await request.body())
+    if body.max_distance is not None and options.max_distance is None:
+        options = MatchOptions(body.max_distance, options.include_disputed, options.labels,
+                               options.min_quality)
+    signals = [
+        Signal(signal_type(s.type).parse(s.value), s.quality, s.timestamp) for s in body.signals
+    ]
+    result = await run_in_threadpool(service.match, caller, signals, options)
+    return _result(result)
+
+
+@router.post("/match/batch")
+def match_batch(
+    body: BatchRequest, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
+) -> dict[str, Any]:
+    queries = [(q.id, signal_type(q.type).parse(q.value)) for q in body.queries]
+    results = service.match_batch(caller, queries, options)
+    return {"results": [{"id": qid, "matches": [m.as_json() for m in ms]}
+                        for qid, ms in results]}
+
+
+def _result(result: MatchResult) -> dict[str, Any]:
+    return {"matches": [m.as_json() for m in result.matches],
+            "skipped": [s.as_json() for s in result.skipped]}
+
+
+def _parse(model: type[MatchRequest], raw: bytes) -> MatchRequest:
+    # Parsed by hand because this route also takes multipart; errors keep the one shape.
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None

@@ -1,0 +1,190 @@
+"""The `hashdb` command: serve, hash, keys, import, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hashdb.errors import HashdbError
+from hashdb.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("data_dir", "database_url", "host", "port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="embedded SQLite under this folder "
+                   "(default ./hashdb-data, or $HASHDB_DATA_DIR)")
+    p.add_argument("--database-url", help="postgresql://... (or $HASHDB_DATABASE_URL)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api import create_app
+    from hashdb.service import Service
+
+    settings = _settings(args)
+    service = Service(settings)
+    service.store.migrate()
+    key = service.ensure_admin_key()
+    base = f"http://{settings.host}:{settings.port}"
+    where = settings.database_url or f"SQLite in {settings.data_dir.resolve()}"
+    print(f"hashdb serving {where} on {base}", flush=True)
+    if key:
+        print(
+            "\nFirst start: an admin key was created. It is shown only this once:\n\n"
+            f"  export HASHDB_KEY={key}\n\n"
+            "Try it:\n"
+            f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" -F file=@photo.jpg {base}/v1/hash\n'
+            f"  curl -s -H \"Authorization: Bearer $HASHDB_KEY\" -H 'content-type: application/json' "
+            f"-d '{{\"signals\": [{{\"type\": \"pdq\", \"value\": \"{'0' * 64}\"}}]}}' "
+            f"{base}/v1/match\n"
+            f"API docs: {base}/docs\n",
+            flush=True,
+        )
+    else:
+        print("Keys exist already; make another with: hashdb keys create --member NAME "
+              "--roles matcher", flush=True)
+    app = create_app(settings, service)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    service.close()
+    return 0
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from ingest.media import MediaLimits, hash_media
+
+    from hashdb.signals import SIGNAL_TYPES
+
+    types = SIGNAL_TYPES.parse_names(args.types)
+    settings = Settings()
+    limits = MediaLimits(settings.max_upload_bytes, settings.max_image_pixels)
+    failed = 0
+    for path in args.paths:
+        try:
+            data = Path(path).read_bytes()
+            media_type, signals = hash_media(data, types, limits)
+            line: dict[str, Any] = {"path": path, "media_type": media_type,
+                                    "signals": [s.as_json() for s in signals]}
+        except (OSError, HashdbError) as exc:
+            failed += 1
+            code = exc.code if isinstance(exc, HashdbError) else "unreadable"
+            line = {"path": path, "error": {"code": code, "message": str(exc)}}
+        print(json.dumps(line), flush=True)
+    return 1 if failed else 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from hashdb.service import Service
+
+    service = Service(_settings(args))
+    try:
+        service.store.migrate()
+        record, key = service.create_key(
+            None, args.member, args.roles.split(","), create_member=True,
+            trusted_flagger=args.trusted_flagger,
+        )
+    finally:
+        service.close()
+    print(f"key {record.key_id} for member {args.member!r} with roles "
+          f"{','.join(sorted(record.roles))} (shown once):", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from hashdb.service import Service
+    from ingest.formats import import_file
+
+    service = Service(_settings(args))
+    try:
+        service.store.migrate()
+        report = import_file(service, Path(args.file), args.format, args.member,
+                             args.labels.split(",") if args.labels else [])
+    finally:
+        service.close()
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hashdb.service import Service
+    from ingest.formats import export_file
+
+    service = Service(_settings(args))
+    try:
+        service.store.migrate()
+        out = sys.stdout if args.output in (None, "-") else open(args.output, "w")  # noqa: SIM115
+        count = export_file(service, out, args.format)
+        if out is not sys.stdout:
+            out.close()
+    finally:
+        service.close()
+    print(f"exported {count} signals", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hashdb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP service")
+    _store_flags(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("hash", help="hash media files; JSON Lines on stdout")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--types", help="comma-separated signal types (default: all)")
+    p.set_defaults(func=cmd_hash)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command",
+                                                                 required=True)
+    p = keys.add_parser("create", help="create a key (and the member if new)")
+    _store_flags(p)
+    p.add_argument("--member", required=True)
+    p.add_argument("--roles", required=True, help="comma-separated: admin,contributor,"
+                   "matcher,auditor")
+    p.add_argument("--trusted-flagger", action="store_true")
+    p.set_defaults(func=cmd_keys_create)
+
+    p = sub.add_parser("import", help="bulk-import hashes from a file")
+    _store_flags(p)
+    p.add_argument("file")
+    p.add_argument("--format", default="auto", help="auto, csv (ThreatExchange), local, jsonl")
+    p.add_argument("--member", required=True)
+    p.add_argument("--labels", help="comma-separated labels for rows that have none")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export active hashes")
+    _store_flags(p)
+    p.add_argument("--format", default="jsonl", help="jsonl, csv, local")
+    p.add_argument("--output", "-o")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HashdbError as exc:
+        print(f"hashdb: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The Index protocol and the brute-force oracle every index is tested against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from hashdb.signals import SignalType
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+@dataclass(frozen=True, slots=True)
+class Hits:
+    """Search results for a batch of queries, laid out like FAISS's range search:
+    the hits of query `i` are `ids[lims[i]:lims[i+1]]` with their `distances`."""
+
+    lims: np.ndarray  # int64, len = queries + 1
+    ids: np.ndarray  # int64 signal ids
+    distances: np.ndarray  # int32
+
+    def __len__(self) -> int:
+        return len(self.lims) - 1
+
+    def of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(self.lims[i]), int(self.lims[i + 1])
+        return self.ids[lo:hi], self.distances[lo:hi]
+
+    @classmethod
+    def from_lists(cls, per_query: list[tuple[np.ndarray, np.ndarray]]) -> Hits:
+        lims = np.zeros(len(per_query) + 1, dtype=np.int64)
+        lims[1:] = np.cumsum([len(ids) for ids, _ in per_query])
+        if per_query:
+            ids = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in per_query])
+            dist = np.concatenate([np.asarray(d, dtype=np.int32) for _, d in per_query])
+        else:
+            ids, dist = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        return cls(lims, ids, dist)
+
+
+@runtime_checkable
+class Index(Protocol):
+    """An in-memory set of (signal id, hash) pairs of one signal type.
+
+    What a caller may rely on:
+    - `search` is exact: it returns every stored id whose hash is within
+      `max_distance` (inclusive) of a query and nothing farther; order of hits
+      within a query is unspecified.
+    - `add` makes ids searchable at once; `remove` makes them unfindable at once.
+      Removing an unknown id is a no-op. Adding an id that is present replaces it.
+    - Queries and hashes are `uint8` arrays of shape (n, bytes).
+    - `save`/`load` round-trip the whole content.
+    """
+
+    signal_type: SignalType
+
+    def add(self, ids: np.ndarray, hashes: np.ndarray) -> None: ...
+
+    def remove(self, ids: np.ndarray) -> None: ...
+
+    def search(self, queries: np.ndarray, max_distance: int) -> Hits: ...
+
+    def __len__(self) -> int: ...
+
+    def save(self, path: Path) -> None: ...
+
+    def load(self, path: Path) -> None: ...
+
+
+def brute_force_search(
+    ids: np.ndarray, hashes: np.ndarray, queries: np.ndarray, max_distance: int
+) -> Hits:
+    """The oracle: every pairwise Hamming distance in NumPy, no cleverness."""
+    per_query = []
+    for q in queries:
+        dist = _POPCOUNT[np.bitwise_xor(hashes, q)].sum(axis=1, dtype=np.int32)
+        keep = dist <= max_distance
+        per_query.append((ids[keep], dist[keep]))
+    return Hits.from_lists(per_query)
+
+
+def as_hash_matrix(hashes: np.ndarray | list[bytes], nbytes: int) -> np.ndarray:
+    if isinstance(hashes, list):
+        if not hashes:
+            return np.zeros((0, nbytes), dtype=np.uint8)
+        hashes = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, nbytes)
+    arr = np.ascontiguousarray(hashes, dtype=np.uint8)
+    if arr.ndim != 2 or arr.shape[1] != nbytes:
+        raise ValueError(f"expected hashes of shape (n, {nbytes}), got {arr.shape}")
+    return arr
+
+
+def index_for(signal_type: SignalType) -> Index:
+    """The default index for a signal type."""
+    from hashdb.index.exact import ExactIndex
+    from hashdb.index.flat import FlatHammingIndex
+
+    if signal_type.metric == "exact":
+        return ExactIndex(signal_type)
+    return FlatHammingIndex(signal_type)
+
+
+def save_path(directory: Path, signal_type: SignalType) -> Path:
+    return directory / f"{signal_type.name}.index"

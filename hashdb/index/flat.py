@@ -1,0 +1,74 @@
+"""Brute-force Hamming index on FAISS's `IndexBinaryFlat`: exact, simple, O(n) per query.
+
+Fine for small and medium collections, and the baseline the faster indexes are
+measured against. FAISS ids stay private: they are our signal ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from hashdb.index.base import Hits, as_hash_matrix
+from hashdb.signals import SignalType
+
+
+class FlatHammingIndex:
+    def __init__(self, signal_type: SignalType) -> None:
+        self.signal_type = signal_type
+        # FAISS and dicts are not safe for a search during a write: one lock.
+        self._lock = threading.RLock()
+        self._index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(signal_type.bits))
+
+    def _add_unlocked(self, ids: np.ndarray, hashes: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        hashes = as_hash_matrix(hashes, self.signal_type.nbytes)
+        self._remove_unlocked(ids)
+        self._index.add_with_ids(hashes, ids)
+
+    def _remove_unlocked(self, ids: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) and self._index.ntotal:
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def _search_unlocked(self, queries: np.ndarray, max_distance: int) -> Hits:
+        queries = as_hash_matrix(queries, self.signal_type.nbytes)
+        if not len(queries) or not self._index.ntotal:
+            return Hits.from_lists([(np.zeros(0), np.zeros(0))] * len(queries))
+        # FAISS's binary range search keeps distances strictly below the radius.
+        lims, dist, ids = self._index.range_search(queries, max_distance + 1)
+        return Hits(lims.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32))
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def _save_unlocked(self, path: Path) -> None:
+        faiss.write_index_binary(self._index, str(path))
+
+    def _load_unlocked(self, path: Path) -> None:
+        self._index = faiss.read_index_binary(str(path))
+
+    def add(self, ids: np.ndarray, hashes: np.ndarray) -> None:
+        with self._lock:
+            self._add_unlocked(ids, hashes)
+
+    def remove(self, ids: np.ndarray) -> None:
+        with self._lock:
+            self._remove_unlocked(ids)
+
+    def search(self, queries: np.ndarray, max_distance: int) -> Hits:
+        with self._lock:
+            return self._search_unlocked(queries, max_distance)
+
+    def save(self, path: Path) -> None:
+        with self._lock:
+            self._save_unlocked(path)
+
+    def load(self, path: Path) -> None:
+        with self._lock:
+            self._load_unlocked(path)

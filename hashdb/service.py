@@ -1,0 +1,517 @@
+"""The Service: contribute, match, withdraw, keys. The CLI, the API and the tests build it.
+
+Routes and commands call these methods and nothing else; every rule (roles,
+quality, isolation, audit) lives here, so it holds whatever the entry point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hashdb.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from hashdb.index.base import Hits, index_for
+from hashdb.index.follower import IndexFactory, IndexFollower
+from hashdb.models import (
+    ApiKey,
+    Caller,
+    Contributed,
+    Event,
+    MediaRecord,
+    MediaStatus,
+    Member,
+    NewEvent,
+    NewSignal,
+    Role,
+    SignalHit,
+)
+from hashdb.settings import Settings
+from hashdb.signals import SIGNAL_TYPES, HashValue, Signal, signal_type
+from hashdb.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+_LABEL = re.compile(r"[a-z0-9][a-z0-9_.:/-]{0,63}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+KEY_PREFIX = "hdb"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchOptions:
+    max_distance: int | None = None
+    include_disputed: bool = False
+    labels: frozenset[str] = frozenset()
+    min_quality: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    type: str
+    reason: str
+    index: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "reason": self.reason}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    query_index: int
+    media_id: int
+    signal_type: str
+    distance: int
+    labels: tuple[str, ...]
+    contributor: str
+    status: MediaStatus
+    value: HashValue
+    contributor_id: int
+    timestamp: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "query_index": self.query_index,
+            "media_id": self.media_id,
+            "signal_type": self.signal_type,
+            "distance": self.distance,
+            "labels": list(self.labels),
+            "contributor": self.contributor,
+            "status": self.status.value,
+            "value": self.value.hex,
+        }
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        return out
+
+
+@dataclass(slots=True)
+class MatchResult:
+    matches: list[Match] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class HashItem:
+    """One item of a `contribute_hashes` request, before validation."""
+
+    type: str
+    value: str
+    labels: Sequence[str]
+    media_key: str | None = None
+    timestamp: float | None = None
+    quality: int | None = None
+    note: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    media_id: int | None
+    created: bool
+    error: Skipped | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"media_id": self.media_id, "created": self.created}
+        if self.error is not None:
+            out["error"] = {"code": "low_quality", "message": self.error.reason}
+        return out
+
+
+def hash_secret(key: str) -> bytes:
+    # Keys carry 256 random bits, so a fast hash is enough: no dictionary to guess from.
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        index_factory: IndexFactory = index_for,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.database_url, settings.data_dir)
+        self.follower = IndexFollower(self.store, index_factory)
+        self._cpu = threading.BoundedSemaphore(settings.cpu_workers)
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # lifecycle -------------------------------------------------------------
+    def start(self, poll: bool = True) -> None:
+        """Migrate, load the indexes, and follow changes from other processes."""
+        self.store.migrate()
+        self.follower.sync()
+        self.follower.ready = True
+        if poll and self._poller is None:
+            self._poller = threading.Thread(
+                target=self.follower.run_polling,
+                args=(self.settings.index_poll_seconds, self._stop),
+                name="hashdb-index-follower",
+                daemon=True,
+            )
+            self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+            self._poller = None
+        self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.follower.ready
+
+    def _follow(self) -> None:
+        # After our own write, so that it is matchable on the very next request.
+        # A service that was never started (CLI import) keeps no index to update.
+        if self.follower.ready:
+            self.follower.sync()
+
+    def acting_as(self, member_name: str, roles: Iterable[Role]) -> Caller:
+        """A caller for the operator's console, acting for a named member."""
+        member = self.store.get_member(member_name)
+        if member is None:
+            raise NotFound(f"no member {member_name!r}", member=member_name)
+        return Caller(member, "console", frozenset(roles))
+
+    # members and keys ------------------------------------------------------
+    def authenticate(self, key: str | None) -> Caller:
+        if not key:
+            raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+        found = self.store.key_by_secret_hash(hash_secret(key))
+        if found is None or found.revoked_at is not None:
+            raise Unauthorized("this API key is not valid")
+        return Caller(found.member, found.key_id, found.roles)
+
+    def create_member(self, caller: Caller | None, name: str, trusted_flagger: bool) -> Member:
+        _require(caller, Role.ADMIN)
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidRequest(
+                "a member name is 1-64 letters, digits, '_', '.' or '-'", name=name
+            )
+        return self.store.create_member(name, trusted_flagger)
+
+    def create_key(
+        self,
+        caller: Caller | None,
+        member_name: str,
+        roles: Iterable[str],
+        *,
+        create_member: bool = False,
+        trusted_flagger: bool = False,
+    ) -> tuple[ApiKey, str]:
+        """A new key for a member: (its record, the key itself, shown only now)."""
+        _require(caller, Role.ADMIN)
+        try:
+            role_set = frozenset(Role(r.strip()) for r in roles if r.strip())
+        except ValueError:
+            raise InvalidRequest(
+                "unknown role", roles=list(roles), known=[r.value for r in Role]
+            ) from None
+        if not role_set:
+            raise InvalidRequest("a key needs at least one role", known=[r.value for r in Role])
+        member = self.store.get_member(member_name)
+        if member is None:
+            if not create_member:
+                raise NotFound(f"no member {member_name!r}", member=member_name)
+            member = self.create_member(caller, member_name, trusted_flagger)
+        key_id = secrets.token_hex(6)
+        key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        record = self.store.create_key(member, key_id, hash_secret(key), role_set)
+        return record, key
+
+    def revoke_key(self, caller: Caller, key_id: str) -> None:
+        _require(caller, Role.ADMIN)
+        if not self.store.revoke_key(key_id):
+            raise NotFound(f"no active key {key_id!r}", key_id=key_id)
+
+    def ensure_admin_key(self) -> str | None:
+        """On a store with no keys at all, create an admin member and key; else None."""
+        if self.store.count_keys():
+            return None
+        _, key = self.create_key(None, "admin", ["admin"], create_member=True)
+        return key
+
+    # hashing ---------------------------------------------------------------
+    def hash_media(self, data: bytes, types: str | None = None) -> tuple[str, list[Signal]]:
+        from ingest.media import MediaLimits, hash_media
+
+        wanted = SIGNAL_TYPES.parse_names(types)
+        limits = MediaLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
+        with self._cpu:
+            return hash_media(data, wanted, limits)
+
+    # contributing -------------------------------------------------------------
+    def contribute_hashes(self, caller: Caller, items: Sequence[HashItem]) -> list[ItemOutcome]:
+        _require(caller, Role.CONTRIBUTOR)
+        self._check_batch(items, "items")
+        outcomes: list[ItemOutcome | None] = []
+        accepted: list[NewSignal] = []
+        for i, item in enumerate(items):
+            value = signal_type(item.type).parse(item.value)
+            labels = self._labels(item.labels, where=f"items[{i}].labels")
+            low = _low_quality(value.type, item.quality, None)
+            if low:
+                outcomes.append(ItemOutcome(None, False, Skipped(value.type, low, i)))
+                continue
+            outcomes.append(None)
+            accepted.append(
+                NewSignal(
+                    Signal(value, item.quality, item.timestamp),
+                    labels,
+                    media_key=_optional_text(item.media_key, "media_key", 200),
+                    note=_optional_text(item.note, "note", 2000),
+                    source=_optional_text(item.source, "source", 200),
+                    media_type="video" if item.timestamp is not None else "hashes",
+                )
+            )
+        stored = iter(self.store.contribute(caller.member, accepted))
+        self._follow()
+        return [
+            o if o is not None else ItemOutcome(c.media_id, c.created)
+            for o in outcomes
+            for c in [None if o is not None else next(stored)]
+        ]  # type: ignore[union-attr]
+
+    def contribute_media(
+        self,
+        caller: Caller,
+        data: bytes,
+        labels: Sequence[str],
+        note: str | None = None,
+        source: str | None = None,
+    ) -> tuple[Contributed, list[Signal], list[Skipped]]:
+        _require(caller, Role.CONTRIBUTOR)
+        clean_labels = self._labels(labels, where="labels")
+        media_type, signals = self.hash_media(data)
+        kept, skipped = _split_quality(signals, None)
+        if not kept:
+            raise InvalidRequest("no signal of this media can be contributed",
+                                 skipped=[s.as_json() for s in skipped])
+        # One media per file: a per-upload key groups its signals.
+        media_key = "sha256:" + hashlib.sha256(data).hexdigest()
+        items = [
+            NewSignal(s, clean_labels, media_key, _optional_text(note, "note", 2000),
+                      _optional_text(source, "source", 200), media_type)
+            for s in kept
+        ]
+        results = self.store.contribute(caller.member, items)
+        self._follow()
+        created = any(r.created for r in results)
+        return Contributed(results[0].media_id, created), kept, skipped
+
+    # matching ----------------------------------------------------------------
+    def match(
+        self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
+    ) -> MatchResult:
+        _require(caller, Role.MATCHER)
+        self._check_batch(signals, "signals")
+        result = MatchResult()
+        queries: list[tuple[int, Signal]] = []
+        for i, s in enumerate(signals):
+            low = _low_quality(s.type, s.quality, options.min_quality)
+            if low:
+                result.skipped.append(Skipped(s.type, low, i))
+            else:
+                queries.append((i, s))
+        result.matches = self._search(caller, queries, options)
+        return result
+
+    def match_media(
+        self, caller: Caller, data: bytes, options: MatchOptions = MatchOptions()
+    ) -> tuple[str, list[Signal], MatchResult]:
+        _require(caller, Role.MATCHER)
+        media_type, signals = self.hash_media(data)
+        return media_type, signals, self.match(caller, signals, options)
+
+    def match_batch(
+        self, caller: Caller, queries: Sequence[tuple[str, HashValue]], options: MatchOptions
+    ) -> list[tuple[str, list[Match]]]:
+        _require(caller, Role.MATCHER)
+        self._check_batch(queries, "queries")
+        matches = self._search(
+            caller, [(i, Signal(v)) for i, (_, v) in enumerate(queries)], options
+        )
+        per_query: list[list[Match]] = [[] for _ in queries]
+        for m in matches:
+            per_query[m.query_index].append(m)
+        return [(qid, per_query[i]) for i, (qid, _) in enumerate(queries)]
+
+    def _search(
+        self, caller: Caller, queries: Sequence[tuple[int, Signal]], options: MatchOptions
+    ) -> list[Match]:
+        by_type: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
+        for q in queries:
+            by_type[q[1].type].append(q)
+        found: list[tuple[Hits, list[tuple[int, Signal]]]] = []
+        for type_name, group in by_type.items():
+            st = signal_type(type_name)
+            radius = st.check_max_distance(options.max_distance)
+            matrix = np.frombuffer(
+                b"".join(s.value.raw for _, s in group), np.uint8
+            ).reshape(len(group), st.nbytes)
+            with self._cpu:
+                hits = self.follower.search(type_name, matrix, radius)
+            found.append((hits, group))
+        ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0)
+        if not len(ids):
+            return []
+        known = self.store.signal_hits(ids.tolist())
+        matches: list[Match] = []
+        cap = self.settings.max_matches_per_signal
+        for hits, group in found:
+            for j, (qi, _) in enumerate(group):
+                sids, dists = hits.of(j)
+                order = np.argsort(dists, kind="stable")
+                kept = 0
+                for k in order:
+                    hit = known.get(int(sids[k]))
+                    if hit is None or not _visible(hit, options):
+                        continue
+                    matches.append(_match(qi, hit, int(dists[k])))
+                    kept += 1
+                    if kept >= cap:
+                        break
+        self._log_matches(caller, matches)
+        return matches
+
+    def _log_matches(self, caller: Caller, matches: list[Match]) -> None:
+        """One audit event per matched media (its closest signal); never the misses."""
+        best: dict[int, Match] = {}
+        for m in matches:
+            if m.media_id not in best or m.distance < best[m.media_id].distance:
+                best[m.media_id] = m
+        if best:
+            self.store.log_events(
+                [
+                    NewEvent("match", caller.member.id, m.media_id, m.contributor_id,
+                             {"signal_type": m.signal_type, "distance": m.distance})
+                    for m in best.values()
+                ]
+            )
+
+    # media -------------------------------------------------------------------
+    def get_media(self, caller: Caller, media_id: int) -> MediaRecord:
+        record = self.store.get_media(media_id)
+        if record is None:
+            raise NotFound(f"no media {media_id}", media_id=media_id)
+        return record
+
+    def withdraw(self, caller: Caller, media_id: int, reason: str | None = None) -> MediaRecord:
+        record = self.get_media(caller, media_id)
+        if record.owner.id != caller.member.id and not caller.is_admin:
+            raise Forbidden("only the contributor of a media or an admin can withdraw it",
+                            media_id=media_id)
+        if not (caller.has(Role.CONTRIBUTOR) or caller.is_admin):
+            raise Forbidden("withdrawing needs the contributor role", media_id=media_id)
+        if record.status == MediaStatus.DELETED:
+            return record
+        updated = self.store.set_status(
+            media_id,
+            MediaStatus.DELETED,
+            NewEvent("media_withdrawn", caller.member.id, media_id, record.owner.id,
+                     {"reason": reason} if reason else {}),
+        )
+        self._follow()
+        return updated
+
+    def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]:
+        """Active signals in id order, for export (operator only)."""
+        return self.store.export_signals(after, limit)
+
+    def events(self, caller: Caller, after: int = 0, limit: int = 100) -> list[Event]:
+        limit = max(1, min(limit, 1000))
+        member_id = None if caller.sees_everything else caller.member.id
+        return self.store.events(after, limit, member_id)
+
+    # validation helpers --------------------------------------------------------
+    def _check_batch(self, items: Sequence[object], name: str) -> None:
+        if not items:
+            raise InvalidRequest(f"'{name}' must not be empty")
+        if len(items) > self.settings.max_batch:
+            raise InvalidRequest(
+                f"at most {self.settings.max_batch} {name} per request", count=len(items)
+            )
+
+    def _labels(self, labels: Sequence[str] | str | None, where: str) -> tuple[str, ...]:
+        if isinstance(labels, str):
+            labels = [p for p in labels.split(",")]
+        out = []
+        for label in labels or []:
+            if not isinstance(label, str):
+                raise InvalidRequest("labels are strings", field=where)
+            label = label.strip().lower()
+            if not label:
+                continue
+            if not _LABEL.fullmatch(label):
+                raise InvalidRequest(
+                    f"bad label {label!r}: use lowercase letters, digits and _.:/-", field=where
+                )
+            if self.settings.taxonomy and label not in self.settings.taxonomy:
+                raise InvalidRequest(f"label {label!r} is not in the taxonomy", field=where,
+                                     taxonomy=self.settings.taxonomy)
+            out.append(label)
+        if not out:
+            raise InvalidRequest("at least one label is required (e.g. a category)", field=where)
+        return tuple(dict.fromkeys(out))
+
+
+def _require(caller: Caller | None, role: Role) -> None:
+    # None is the operator at the console (CLI), who may do anything.
+    if caller is not None and not caller.has(role):
+        raise Forbidden(f"this needs a key with the {role.value!r} role", role=role.value)
+
+
+def _low_quality(type_name: str, quality: int | None, override: int | None) -> str | None:
+    st = signal_type(type_name)
+    floor = override if override is not None else st.min_quality
+    if floor is None or quality is None or quality >= floor:
+        return None
+    return f"{type_name} quality {quality} is below {floor}: too little detail to match reliably"
+
+
+def _split_quality(
+    signals: Sequence[Signal], override: int | None
+) -> tuple[list[Signal], list[Skipped]]:
+    kept, skipped = [], []
+    for i, s in enumerate(signals):
+        low = _low_quality(s.type, s.quality, override)
+        if low:
+            skipped.append(Skipped(s.type, low, i))
+        else:
+            kept.append(s)
+    return kept, skipped
+
+
+def _visible(hit: SignalHit, options: MatchOptions) -> bool:
+    indexed = hit.status == MediaStatus.ACTIVE or (
+        hit.status == MediaStatus.DISPUTED and options.include_disputed
+    )
+    if not indexed:
+        return False
+    return not options.labels or bool(options.labels.intersection(hit.labels))
+
+
+def _match(query_index: int, hit: SignalHit, distance: int) -> Match:
+    return Match(query_index, hit.media_id, hit.value.type, distance, hit.labels,
+                 hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp)
+
+
+def _optional_text(value: object, name: str, max_len: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise InvalidRequest(f"'{name}' must be a string of at most {max_len} characters")
+    return value

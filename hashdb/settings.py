@@ -1,0 +1,39 @@
+"""One Settings object, read from HASHDB_* environment variables (and CLI flags)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HASHDB_", extra="ignore")
+
+    data_dir: Path = Path("hashdb-data")
+    # postgresql://... or sqlite:///path; unset means SQLite in data_dir.
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_upload_bytes: int = Field(64 * 2**20, gt=0)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    max_batch: int = Field(10_000, gt=0)
+    # Matches returned per query signal at most (nearest first).
+    max_matches_per_signal: int = Field(100, gt=0)
+    # Concurrent CPU-heavy jobs (decode+hash, big searches); default: one per core.
+    cpu_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    # How often a process looks for changes made by other processes (replicas).
+    index_poll_seconds: float = Field(1.0, gt=0)
+    # Allowed labels; empty means any well-formed label.
+    taxonomy: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("taxonomy", mode="before")
+    @classmethod
+    def _split_taxonomy(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value

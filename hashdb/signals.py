@@ -1,0 +1,231 @@
+"""The one registry of signal types, and the hash value type.
+
+A signal type knows its name, width, distance, default threshold, how to parse
+and format a value, and how to compute itself from media. Nothing outside this
+module branches on a type's name: callers ask the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+
+from hashdb.errors import InvalidSignal, UnknownSignalType
+
+if TYPE_CHECKING:
+    from ingest.media import MediaFile
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+# popcount of every byte value, for distances on raw bytes
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+@dataclass(frozen=True, slots=True)
+class HashValue:
+    """One hash of one signal type: raw bytes, shown as lowercase hex."""
+
+    type: str
+    raw: bytes
+
+    @classmethod
+    def from_hex(cls, type_name: str, text: str) -> HashValue:
+        return signal_type(type_name).parse(text)
+
+    @property
+    def hex(self) -> str:
+        return self.raw.hex()
+
+    @property
+    def signal_type(self) -> SignalType:
+        return signal_type(self.type)
+
+    def distance(self, other: HashValue) -> int:
+        if other.type != self.type:
+            raise InvalidSignal(
+                f"cannot compare a {self.type} hash with a {other.type} hash",
+                types=[self.type, other.type],
+            )
+        return self.signal_type.distance(self.raw, other.raw)
+
+    def __sub__(self, other: HashValue) -> int:
+        return self.distance(other)
+
+    def __str__(self) -> str:
+        return self.hex
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A hash of some media, with what the hasher knows about it."""
+
+    value: HashValue
+    quality: int | None = None
+    timestamp: float | None = None
+
+    @property
+    def type(self) -> str:
+        return self.value.type
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"type": self.value.type, "value": self.value.hex}
+        if self.quality is not None:
+            out["quality"] = self.quality
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        return out
+
+
+class SignalType:
+    """What every signal type says about itself. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    bits: ClassVar[int]
+    metric: ClassVar[Literal["hamming", "exact"]]
+    default_max_distance: ClassVar[int]
+    media_types: ClassVar[frozenset[str]]
+    # Hashes below this quality are neither contributed nor matched by default.
+    min_quality: ClassVar[int | None] = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits // 8
+
+    def parse(self, text: object) -> HashValue:
+        if not isinstance(text, str):
+            raise InvalidSignal(f"a {self.name} value must be a hex string", type=self.name)
+        text = text.strip()
+        want = self.bits // 4
+        if len(text) != want:
+            raise InvalidSignal(
+                f"a {self.name} value is {want} hex characters, got {len(text)}",
+                type=self.name,
+                expected_length=want,
+                length=len(text),
+            )
+        if not _HEX.fullmatch(text):
+            raise InvalidSignal(f"a {self.name} value must be hexadecimal", type=self.name)
+        return HashValue(self.name, bytes.fromhex(text))
+
+    def from_raw(self, raw: bytes) -> HashValue:
+        if len(raw) != self.nbytes:
+            raise InvalidSignal(f"a {self.name} value is {self.nbytes} bytes", type=self.name)
+        return HashValue(self.name, bytes(raw))
+
+    def distance(self, a: bytes, b: bytes) -> int:
+        raise NotImplementedError
+
+    def check_max_distance(self, max_distance: int | None) -> int:
+        if max_distance is None:
+            return self.default_max_distance
+        if not 0 <= max_distance <= self.bits:
+            raise InvalidSignal(
+                f"max_distance for {self.name} must be between 0 and {self.bits}",
+                type=self.name,
+                max_distance=max_distance,
+            )
+        return max_distance
+
+    def compute(self, media: MediaFile) -> list[Signal]:
+        """The signals of this type for one media file (empty if it does not apply)."""
+        raise NotImplementedError
+
+
+class HammingSignalType(SignalType):
+    metric = "hamming"
+
+    def distance(self, a: bytes, b: bytes) -> int:
+        x = np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8))
+        return int(_POPCOUNT[x].sum())
+
+
+class ExactSignalType(SignalType):
+    metric = "exact"
+    default_max_distance = 0
+    media_types = frozenset({"image", "video", "file"})
+
+    def distance(self, a: bytes, b: bytes) -> int:
+        # Exact types have no notion of nearness: equal or as far as can be.
+        return 0 if a == b else self.bits
+
+    def check_max_distance(self, max_distance: int | None) -> int:
+        return 0
+
+
+class Pdq(HammingSignalType):
+    name = "pdq"
+    bits = 256
+    default_max_distance = 31
+    media_types = frozenset({"image", "video"})
+    min_quality = 50
+
+    def compute(self, media: MediaFile) -> list[Signal]:
+        return media.pdq_signals()
+
+
+class PHash(HammingSignalType):
+    name = "phash"
+    bits = 64
+    # imagehash's 64-bit DCT hash. 8 keeps random pairs at ~2e-10 false-match
+    # odds per pair while still matching light re-encodes; see the README.
+    default_max_distance = 8
+    media_types = frozenset({"image"})
+
+    def compute(self, media: MediaFile) -> list[Signal]:
+        return media.phash_signals()
+
+
+class Md5(ExactSignalType):
+    name = "md5"
+    bits = 128
+
+    def compute(self, media: MediaFile) -> list[Signal]:
+        return [Signal(HashValue(self.name, hashlib.md5(media.data).digest()))]
+
+
+class Sha256(ExactSignalType):
+    name = "sha256"
+    bits = 256
+
+    def compute(self, media: MediaFile) -> list[Signal]:
+        return [Signal(HashValue(self.name, hashlib.sha256(media.data).digest()))]
+
+
+class Registry(Mapping[str, SignalType]):
+    def __init__(self, types: Iterable[SignalType]) -> None:
+        self._types = {t.name: t for t in types}
+
+    def __getitem__(self, name: str) -> SignalType:
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownSignalType(
+                f"unknown signal type {name!r}", type=name, known=sorted(self._types)
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._types)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def parse_names(self, names: str | Iterable[str] | None) -> list[SignalType]:
+        """`"pdq,md5"` or a list of names to signal types; None means all of them."""
+        if names is None:
+            return list(self._types.values())
+        if isinstance(names, str):
+            names = [n for n in (p.strip().lower() for p in names.split(",")) if n]
+        return [self[n] for n in names]
+
+
+SIGNAL_TYPES = Registry([Pdq(), PHash(), Md5(), Sha256()])
+
+
+def signal_type(name: str) -> SignalType:
+    if not isinstance(name, str):
+        raise UnknownSignalType("signal type must be a string", type=repr(name))
+    return SIGNAL_TYPES[name.strip().lower()]

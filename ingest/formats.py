@@ -1,0 +1,134 @@
+"""Bulk interchange formats for hash lists.
+
+- `csv`: ThreatExchange's `signal_type,signal_str,collab,category,tags` (header optional)
+- `local`: ThreatExchange's local file, lines of `<signal_type> <hash>`
+- `jsonl`: one `{"type", "value", "labels"?, "quality"?, "timestamp"?, "media_key"?}` per line
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from hashdb.errors import HashdbError, InvalidRequest
+from hashdb.models import Role
+
+if TYPE_CHECKING:
+    from hashdb.service import HashItem, Service
+
+CHUNK = 10_000
+# ThreatExchange names some types differently.
+_ALIASES = {"pdq": "pdq", "md5": "md5", "video_md5": "md5", "photo_md5": "md5",
+            "sha256": "sha256", "phash": "phash"}
+
+
+def _detect(path: Path) -> str:
+    if path.suffix == ".csv":
+        return "csv"
+    if path.suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "local"
+
+
+def read_items(lines: IO[str], fmt: str, default_labels: list[str]) -> Iterator[HashItem]:
+    from hashdb.service import HashItem
+
+    if fmt == "csv":
+        for n, row in enumerate(csv.reader(lines), 1):
+            if not row or row[0].startswith("#") or (n == 1 and row[0] == "signal_type"):
+                continue
+            labels = [x for x in (row[3:4] + (row[4].split(" ") if len(row) > 4 else [])) if x]
+            yield HashItem(_ALIASES.get(row[0].lower(), row[0]), row[1],
+                           [*labels, *default_labels] or default_labels,
+                           source=row[2] if len(row) > 2 and row[2] else None)
+    elif fmt == "local":
+        for line in lines:
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) != 2:
+                raise InvalidRequest(f"expected '<signal_type> <hash>', got {line.strip()!r}")
+            yield HashItem(_ALIASES.get(parts[0].lower(), parts[0]), parts[1], default_labels)
+    elif fmt == "jsonl":
+        for line in lines:
+            if not line.strip():
+                continue
+            obj: dict[str, Any] = json.loads(line)
+            yield HashItem(obj["type"], obj["value"], obj.get("labels") or default_labels,
+                           obj.get("media_key"), obj.get("timestamp"), obj.get("quality"),
+                           obj.get("note"), obj.get("source"))
+    else:
+        raise InvalidRequest(f"unknown format {fmt!r}: use csv, local or jsonl")
+
+
+def import_file(
+    service: Service, path: Path, fmt: str, member: str, labels: list[str]
+) -> dict[str, int]:
+    from tqdm import tqdm
+
+    if service.store.get_member(member) is None:
+        service.store.create_member(member, False)
+    caller = service.acting_as(member, [Role.CONTRIBUTOR])
+    fmt = _detect(path) if fmt == "auto" else fmt
+    created = existing = rejected = 0
+    with open(path, encoding="utf-8") as lines, tqdm(
+        unit=" hashes", disable=not sys.stderr.isatty(), unit_scale=True
+    ) as bar:
+        chunk: list[HashItem] = []
+        items = read_items(lines, fmt, labels)
+        while True:
+            chunk = [item for _, item in zip(range(CHUNK), items, strict=False)]
+            if not chunk:
+                break
+            try:
+                outcomes = service.contribute_hashes(caller, chunk)
+            except HashdbError as exc:
+                raise InvalidRequest(f"import stopped: {exc.message}", **exc.details) from exc
+            for o in outcomes:
+                if o.error is not None:
+                    rejected += 1
+                elif o.created:
+                    created += 1
+                else:
+                    existing += 1
+            bar.update(len(chunk))
+    return {"created": created, "existing": existing, "rejected": rejected}
+
+
+def export_file(service: Service, out: IO[str], fmt: str) -> int:
+    after, count = 0, 0
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer:
+        writer.writerow(["signal_type", "signal_str", "collab", "category", "tags"])
+    while True:
+        rows = service.export_signals(after, CHUNK)
+        if not rows:
+            return count
+        for hit, quality in rows:
+            if fmt == "jsonl":
+                obj: dict[str, Any] = {"type": hit.value.type, "value": hit.value.hex,
+                                       "labels": list(hit.labels), "media_id": hit.media_id,
+                                       "contributor": hit.contributor}
+                if quality is not None:
+                    obj["quality"] = quality
+                if hit.timestamp is not None:
+                    obj["timestamp"] = hit.timestamp
+                out.write(json.dumps(obj) + "\n")
+            elif writer is not None:
+                labels = list(hit.labels)
+                writer.writerow([hit.value.type, hit.value.hex, hit.contributor,
+                                 labels[0] if labels else "", " ".join(labels[1:])])
+            elif fmt == "local":
+                out.write(f"{hit.value.type} {hit.value.hex}\n")
+            else:
+                raise InvalidRequest(f"unknown format {fmt!r}: use jsonl, csv or local")
+            count += 1
+        after = rows[-1][0].signal_id
+
+
+__all__ = ["export_file", "import_file", "read_items", "io"]

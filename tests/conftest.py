@@ -1,0 +1,81 @@
+"""Fixtures: the shared data folder, and a real hashdb server on a loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from api import create_app
+from hashdb.service import Service
+from hashdb.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "pdq-reference").is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    service: Service
+    admin_key: str
+    data_dir: Path
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def new_key(self, member: str, roles: str) -> str:
+        _, key = self.service.create_key(None, member, roles.split(","), create_member=True)
+        return key
+
+
+def start_server(settings: Settings) -> Iterator[RunningServer]:
+    service = Service(settings)
+    service.store.migrate()
+    admin_key = service.ensure_admin_key()
+    assert admin_key is not None
+    app = create_app(settings, service)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", service, admin_key, settings.data_dir)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One real server per test module, on its own SQLite file."""
+    data_dir = tmp_path_factory.mktemp("hashdb-data")
+    yield from start_server(Settings(data_dir=data_dir, index_poll_seconds=0.2))
