@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -40,10 +40,19 @@ class RunningServer:
     service: Service
     admin_key: str
     data_dir: Path
+    _clients: dict[str | None, httpx.Client] = field(default_factory=dict)
 
     def client(self, key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        """An HTTP client sending this key (one per key, closed with the server)."""
+        if key not in self._clients:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            self._clients[key] = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        return self._clients[key]
+
+    def close_clients(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
 
     def new_key(self, member: str, roles: str) -> str:
         _, key = self.service.create_key(None, member, roles.split(","), create_member=True)
@@ -66,9 +75,11 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
+    running = RunningServer(f"http://127.0.0.1:{port}", service, admin_key, settings.data_dir)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", service, admin_key, settings.data_dir)
+        yield running
     finally:
+        running.close_clients()
         server.should_exit = True
         thread.join(timeout=10)
         service.close()
