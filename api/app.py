@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,9 +29,15 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Serve at once: /healthz answers while the indexes load, /readyz says when
+        # they are loaded, and matching answers 503 not_ready until then.
+        loader = None
         if not svc.ready:
-            await run_in_threadpool(svc.start)
+            loader = threading.Thread(target=svc.start, name="hashdb-index-load", daemon=True)
+            loader.start()
         yield
+        if loader is not None:
+            await run_in_threadpool(loader.join)
         if owned:
             await run_in_threadpool(svc.close)
 

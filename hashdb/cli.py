@@ -46,8 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "\nFirst start: an admin key was created. It is shown only this once:\n\n"
             f"  export HASHDB_KEY={key}\n\n"
             "Try it:\n"
-            f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" -F file=@photo.jpg {base}/v1/hash\n'
-            f"  curl -s -H \"Authorization: Bearer $HASHDB_KEY\" -H 'content-type: application/json' "
+            f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" -F file=@photo.jpg '
+            f"{base}/v1/hash\n"
+            f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" '
+            "-H 'content-type: application/json' "
             f"-d '{{\"signals\": [{{\"type\": \"pdq\", \"value\": \"{'0' * 64}\"}}]}}' "
             f"{base}/v1/match\n"
             f"API docs: {base}/docs\n",
@@ -63,9 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
-    from ingest.media import MediaLimits, hash_media
-
     from hashdb.signals import SIGNAL_TYPES
+    from ingest.media import MediaLimits, hash_media
 
     types = SIGNAL_TYPES.parse_names(args.types)
     settings = Settings()

@@ -7,18 +7,21 @@ quality, isolation, audit) lives here, so it holds whatever the entry point.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hashdb.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from hashdb.errors import Forbidden, InvalidRequest, NotFound, NotReady, Unauthorized
 from hashdb.index.base import Hits, index_for
 from hashdb.index.follower import IndexFactory, IndexFollower
 from hashdb.models import (
@@ -146,27 +149,44 @@ class Service:
         self._cpu = threading.BoundedSemaphore(settings.cpu_workers)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self.loaded_from: str | None = None
 
     # lifecycle -------------------------------------------------------------
     def start(self, poll: bool = True) -> None:
-        """Migrate, load the indexes, and follow changes from other processes."""
+        """Migrate, fill the indexes (snapshot plus change log, or a rebuild), and
+        follow changes from other processes. Blocks until ready."""
         self.store.migrate()
-        self.follower.sync()
-        self.follower.ready = True
+        started = time.monotonic()
+        how = self.follower.load(self.snapshot_dir)
+        log.info("indexes ready from %s in %.1f s: %s", how, time.monotonic() - started,
+                 self.follower.sizes())
+        self.loaded_from = how
         if poll and self._poller is None:
             self._poller = threading.Thread(
                 target=self.follower.run_polling,
-                args=(self.settings.index_poll_seconds, self._stop),
+                args=(self.settings.index_poll_seconds, self._stop, self.snapshot_dir,
+                      self.settings.snapshot_every_changes),
                 name="hashdb-index-follower",
                 daemon=True,
             )
             self._poller.start()
 
+    @property
+    def snapshot_dir(self) -> Path | None:
+        if not self.settings.index_snapshots:
+            return None
+        return self.settings.data_dir / "index-snapshot"
+
     def close(self) -> None:
         self._stop.set()
         if self._poller is not None:
-            self._poller.join(timeout=5)
+            self._poller.join(timeout=30)
             self._poller = None
+        if self.ready and self.snapshot_dir and self.follower.changes_since_snapshot:
+            try:
+                self.follower.save_snapshot(self.snapshot_dir)
+            except OSError:
+                log.exception("could not save the index snapshot")
         self.store.close()
 
     @property
@@ -285,6 +305,43 @@ class Service:
             for c in [None if o is not None else next(stored)]
         ]  # type: ignore[union-attr]
 
+    def import_hashes(self, caller: Caller, items: Sequence[HashItem]) -> tuple[int, int, int]:
+        """Bulk path for large hash lists: (created, already present, rejected).
+
+        Items that belong to a media with several signals (media_key or timestamp)
+        go through `contribute_hashes`; the rest are validated in one tight loop and
+        written set-based. Low-quality items are rejected, as in `contribute_hashes`.
+        """
+        _require(caller, Role.CONTRIBUTOR)
+        grouped = [i for i in items if i.media_key is not None or i.timestamp is not None]
+        rows: list[tuple[str, bytes, int | None, str, str | None]] = []
+        labels_json: dict[tuple[str, ...], str] = {}
+        rejected = 0
+        for item in items:
+            if item.media_key is not None or item.timestamp is not None:
+                continue
+            value = signal_type(item.type).parse(item.value)
+            key = tuple(item.labels)
+            if key not in labels_json:
+                labels_json[key] = json.dumps(self._labels(item.labels, where="labels"))
+            if _low_quality(value.type, item.quality, None):
+                rejected += 1
+                continue
+            rows.append((value.type, value.raw, item.quality, labels_json[key],
+                         _optional_text(item.source, "source", 200)))
+        created = self.store.import_signals(caller.member, rows) if rows else 0
+        existing = len(rows) - created
+        if grouped:
+            for o in self.contribute_hashes(caller, grouped):
+                if o.error is not None:
+                    rejected += 1
+                elif o.created:
+                    created += 1
+                else:
+                    existing += 1
+        self._follow()
+        return created, existing, rejected
+
     def contribute_media(
         self,
         caller: Caller,
@@ -352,6 +409,8 @@ class Service:
     def _search(
         self, caller: Caller, queries: Sequence[tuple[int, Signal]], options: MatchOptions
     ) -> list[Match]:
+        if not self.ready:
+            raise NotReady("the indexes are still loading; retry shortly")
         by_type: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
         for q in queries:
             by_type[q[1].type].append(q)

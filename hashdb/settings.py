@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     cpu_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     # How often a process looks for changes made by other processes (replicas).
     index_poll_seconds: float = Field(1.0, gt=0)
+    # Keep an index snapshot in data_dir for fast restarts; refresh it after this
+    # many changes (and at shutdown).
+    index_snapshots: bool = True
+    snapshot_every_changes: int = Field(100_000, gt=0)
     # Allowed labels; empty means any well-formed label.
     taxonomy: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

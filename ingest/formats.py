@@ -21,7 +21,7 @@ from hashdb.models import Role
 if TYPE_CHECKING:
     from hashdb.service import HashItem, Service
 
-CHUNK = 10_000
+CHUNK = 200_000
 # ThreatExchange names some types differently.
 _ALIASES = {"pdq": "pdq", "md5": "md5", "video_md5": "md5", "photo_md5": "md5",
             "sha256": "sha256", "phash": "phash"}
@@ -86,16 +86,10 @@ def import_file(
             if not chunk:
                 break
             try:
-                outcomes = service.contribute_hashes(caller, chunk)
+                made, had, refused = service.import_hashes(caller, chunk)
             except HashdbError as exc:
                 raise InvalidRequest(f"import stopped: {exc.message}", **exc.details) from exc
-            for o in outcomes:
-                if o.error is not None:
-                    rejected += 1
-                elif o.created:
-                    created += 1
-                else:
-                    existing += 1
+            created, existing, rejected = created + made, existing + had, rejected + refused
             bar.update(len(chunk))
     return {"created": created, "existing": existing, "rejected": rejected}
 

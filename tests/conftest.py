@@ -71,7 +71,7 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.started:
+    while not (server.started and service.ready):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
         time.sleep(0.02)

@@ -36,7 +36,9 @@ def contribute_media(
 
 
 @router.post("/hashes")
-def contribute_hashes(body: HashesRequest, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+def contribute_hashes(
+    body: HashesRequest, caller: CallerDep, service: ServiceDep
+) -> dict[str, Any]:
     items = [
         HashItem(i.type, i.value, i.labels.split(",") if isinstance(i.labels, str) else i.labels,
                  i.media_key, i.timestamp, i.quality, i.note, i.source)

@@ -1,69 +1,79 @@
 """Keeps the in-memory indexes in step with the store's change log.
 
 The same code serves one process (it syncs right after its own writes) and many
-replicas (each polls `changes(after=cursor)`): there is no full rebuild on the
-write path, only the changes since the cursor.
+replicas (each polls the change log after its cursor): there is no full rebuild
+on the write path, only the changes since the cursor. A snapshot on disk (the
+indexes plus the cursor they reflect) makes a restart fast; the change log
+since the snapshot brings it up to date. A snapshot of another database, or
+one ahead of the database's log, is ignored and the indexes are rebuilt.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 
 from hashdb.index.base import Hits, Index, index_for
-from hashdb.models import Change
 from hashdb.signals import SIGNAL_TYPES, SignalType
 from hashdb.store import Store
 
 log = logging.getLogger(__name__)
 
 IndexFactory = Callable[[SignalType], Index]
+SNAPSHOT_FORMAT = 1
 
 
 class IndexFollower:
     def __init__(self, store: Store, factory: IndexFactory = index_for) -> None:
         self.store = store
+        self.factory = factory
         self.indexes: Mapping[str, Index] = {name: factory(t) for name, t in SIGNAL_TYPES.items()}
         self.cursor = 0
         self.ready = False
+        self.changes_since_snapshot = 0
         self._sync_lock = threading.Lock()
 
-    def sync(self, batch: int = 100_000) -> int:
+    # following the change log ---------------------------------------------------
+    def sync(self, batch: int = 500_000) -> int:
         """Apply every change after the cursor; returns how many were applied."""
         applied = 0
         with self._sync_lock:
             while True:
-                changes = self.store.changes(self.cursor, batch)
-                if not changes:
+                rows = self.store.change_rows(self.cursor, batch)
+                if not rows:
                     break
-                self._apply(changes)
-                self.cursor = changes[-1].seq
-                applied += len(changes)
-                if len(changes) < batch:
+                self._apply(rows)
+                self.cursor = int(rows[-1][0])
+                applied += len(rows)
+                if len(rows) < batch:
                     break
+            self.changes_since_snapshot += applied
         return applied
 
-    def _apply(self, changes: list[Change]) -> None:
-        # Consecutive runs of one op on one type go to the index together; order
-        # across runs is kept so that add-then-remove ends removed.
+    def _apply(self, rows: list[tuple[int, str, int, str, bytes]]) -> None:
+        # Consecutive runs of one op on one type go to the index together; the
+        # order across runs is kept, so add-then-remove ends removed.
         start = 0
-        for i in range(1, len(changes) + 1):
-            if i == len(changes) or (changes[i].op, changes[i].value.type) != (
-                changes[start].op,
-                changes[start].value.type,
-            ):
-                run = changes[start:i]
-                index = self.indexes[run[0].value.type]
-                ids = np.fromiter((c.signal_id for c in run), dtype=np.int64, count=len(run))
-                if run[0].op == "add":
-                    raw = b"".join(c.value.raw for c in run)
-                    index.add(ids, np.frombuffer(raw, np.uint8).reshape(len(run), -1))
-                else:
-                    index.remove(ids)
-                start = i
+        for i in range(1, len(rows) + 1):
+            if i < len(rows) and rows[i][1] == rows[start][1] and rows[i][3] == rows[start][3]:
+                continue
+            run = rows[start:i]
+            index = self.indexes[run[0][3]]
+            ids = np.fromiter((r[2] for r in run), dtype=np.int64, count=len(run))
+            if run[0][1] == "add":
+                raw = b"".join(r[4] for r in run)
+                index.add(ids, np.frombuffer(raw, np.uint8).reshape(len(run), -1))
+            else:
+                index.remove(ids)
+            start = i
 
     def search(self, type_name: str, queries: np.ndarray, max_distance: int) -> Hits:
         return self.indexes[type_name].search(queries, max_distance)
@@ -71,10 +81,87 @@ class IndexFollower:
     def sizes(self) -> dict[str, int]:
         return {name: len(index) for name, index in self.indexes.items()}
 
-    def run_polling(self, interval: float, stop: threading.Event) -> None:
-        """Follow changes made by other processes until `stop` is set."""
+    # snapshots ---------------------------------------------------------------------
+    def save_snapshot(self, directory: Path) -> None:
+        """Write the indexes and their cursor; the old snapshot stays valid until the
+        new one is complete (written aside, then renamed)."""
+        with self._sync_lock:
+            tmp = directory.with_name(directory.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, index in self.indexes.items():
+                index.save(tmp / f"{name}.index")
+            meta = {
+                "format": SNAPSHOT_FORMAT,
+                "store_id": self.store.store_id(),
+                "cursor": self.cursor,
+                "sizes": self.sizes(),
+                "saved_at": time.time(),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            old = directory.with_name(directory.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if directory.exists():
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+            self.changes_since_snapshot = 0
+
+    def load(self, directory: Path | None) -> str:
+        """Fill the indexes at start: from the snapshot if it is usable, else from the
+        store. Returns how ("snapshot" or "rebuild")."""
+        how = "rebuild"
+        if directory is not None and self._load_snapshot(directory):
+            how = "snapshot"
+        else:
+            self.indexes = {name: self.factory(t) for name, t in SIGNAL_TYPES.items()}
+            self.cursor = 0
+        self.sync()
+        if how == "rebuild":
+            self.changes_since_snapshot = max(self.changes_since_snapshot, 1)
+        self.ready = True
+        return how
+
+    def _load_snapshot(self, directory: Path) -> bool:
+        meta_path = directory / "meta.json"
+        if not meta_path.is_file():
+            return False
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != SNAPSHOT_FORMAT:
+                log.warning("index snapshot has an unknown format; rebuilding")
+                return False
+            if meta.get("store_id") != self.store.store_id():
+                log.warning("index snapshot belongs to another database; rebuilding")
+                return False
+            if int(meta["cursor"]) > self.store.last_change():
+                log.warning("index snapshot is ahead of the database; rebuilding")
+                return False
+            indexes = {}
+            for name, t in SIGNAL_TYPES.items():
+                index = self.factory(t)
+                index.load(directory / f"{name}.index")
+                indexes[name] = index
+        except (OSError, ValueError, KeyError, EOFError, RuntimeError) as exc:
+            log.warning("index snapshot unreadable (%s); rebuilding", exc)
+            return False
+        self.indexes = indexes
+        self.cursor = int(meta["cursor"])
+        return True
+
+    def run_polling(
+        self,
+        interval: float,
+        stop: threading.Event,
+        snapshot_dir: Path | None = None,
+        snapshot_every: int = 100_000,
+    ) -> None:
+        """Follow changes made by other processes until `stop` is set, and refresh the
+        snapshot when enough has changed since the last one."""
         while not stop.wait(interval):
             try:
                 self.sync()
+                if snapshot_dir is not None and self.changes_since_snapshot >= snapshot_every:
+                    self.save_snapshot(snapshot_dir)
             except Exception:  # a failed poll must not kill the follower; retry next tick
-                log.exception("index sync failed")
+                log.exception("index follower failed; retrying")

@@ -211,7 +211,6 @@ class SqliteStore:
                     if row:
                         results.append(Contributed(int(row[0]), False))
                         continue
-                created = media_id is None
                 if media_id is None:
                     cur = db.execute(
                         "INSERT INTO media (member_id, media_key, media_type, labels, note, "
@@ -233,7 +232,7 @@ class SqliteStore:
                     "INSERT INTO change (op, signal_id, type, value) VALUES ('add', ?, ?, ?)",
                     (cur.lastrowid, value.type, value.raw),
                 )
-                results.append(Contributed(media_id, created))
+                results.append(Contributed(media_id, True))
             events = [
                 NewEvent("media_contributed", member.id, mid, member.id,
                          dict(event.details) if event else {})
@@ -241,6 +240,65 @@ class SqliteStore:
             ]
             _insert_events(db, events, at)
         return results
+
+    def import_signals(
+        self, member: Member, rows: Sequence[tuple[str, bytes, int | None, str, str | None]]
+    ) -> int:
+        """Bulk contribution of (type, value, quality, labels_json, source) rows, each its
+        own media, set-based rather than row by row. Idempotent like `contribute`:
+        values this member already has (or repeats within `rows`) are skipped.
+        Returns how many were created."""
+        at = now()
+        with self._write() as db:
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS incoming "
+                "(type TEXT, value BLOB, quality INTEGER, labels TEXT, source TEXT)"
+            )
+            db.execute("DELETE FROM incoming")
+            db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("DROP TABLE IF EXISTS temp.fresh")
+            db.execute(
+                "CREATE TEMP TABLE fresh AS SELECT row_number() OVER () AS n, * FROM ("
+                " SELECT i.type, i.value, min(i.quality) AS quality, min(i.labels) AS labels,"
+                " min(i.source) AS source FROM incoming i WHERE NOT EXISTS ("
+                "  SELECT 1 FROM signal s JOIN media m ON m.id = s.media_id"
+                "  WHERE s.member_id = ? AND s.type = i.type AND s.value = i.value"
+                "  AND m.status != 'deleted')"
+                " GROUP BY i.type, i.value)",
+                (member.id,),
+            )
+            created = int(db.execute("SELECT count(*) FROM fresh").fetchone()[0])
+            if created:
+                # Ids are assigned here, under the write lock, so the three inserts agree.
+                mbase = int(db.execute("SELECT coalesce(max(id), 0) FROM media").fetchone()[0])
+                sbase = int(db.execute("SELECT coalesce(max(id), 0) FROM signal").fetchone()[0])
+                db.execute(
+                    "INSERT INTO media (id, member_id, media_key, media_type, labels, note, "
+                    "source, status, created_at, updated_at) SELECT ? + n, ?, NULL, 'hashes', "
+                    "labels, NULL, source, 'active', ?, ? FROM fresh ORDER BY n",
+                    (mbase, member.id, at, at),
+                )
+                db.execute(
+                    "INSERT INTO signal (id, media_id, member_id, type, value, quality, "
+                    "timestamp) SELECT ? + n, ? + n, ?, type, value, quality, NULL FROM fresh "
+                    "ORDER BY n",
+                    (sbase, mbase, member.id),
+                )
+                db.execute(
+                    "INSERT INTO change (op, signal_id, type, value) "
+                    "SELECT 'add', ? + n, type, value FROM fresh ORDER BY n",
+                    (sbase,),
+                )
+                _insert_events(
+                    db,
+                    [NewEvent("bulk_import", member.id, None, member.id,
+                              {"created": created, "first_media_id": mbase + 1,
+                               "last_media_id": mbase + created})],
+                    at,
+                )
+            db.execute("DROP TABLE temp.fresh")
+            db.execute("DELETE FROM incoming")
+        return created
 
     def get_media(self, media_id: int) -> MediaRecord | None:
         db = self._db
@@ -353,6 +411,18 @@ class SqliteStore:
                 (after, limit),
             )
         ]
+
+    def change_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        """Like `changes`, as plain (seq, op, signal_id, type, value) rows: the fast path
+        for replaying millions of changes into an index."""
+        return self._db.execute(
+            "SELECT seq, op, signal_id, type, value FROM change WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def store_id(self) -> str:
+        return str(self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
 
     def last_change(self) -> int:
         row = self._db.execute("SELECT coalesce(max(seq), 0) FROM change").fetchone()

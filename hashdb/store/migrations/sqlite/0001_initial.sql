@@ -75,3 +75,10 @@ CREATE TABLE event (
 );
 CREATE INDEX event_member ON event(member_id, id);
 CREATE INDEX event_owner ON event(owner_id, id);
+
+-- Identity of this database, so an index snapshot is never applied to another one.
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
