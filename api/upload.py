@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 
 from hashdb.errors import InvalidMedia
 

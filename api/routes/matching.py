@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, File, Request, UploadFile
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile as FormFile
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
@@ -45,16 +46,21 @@ async def match(
 ) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("send the media as a multipart field named 'file'")
-        data = read_upload(upload)
+        async with request.form() as form:
+            upload = form.get("file")
+            if not isinstance(upload, FormFile):
+                raise InvalidRequest("send the media as a multipart field named 'file'")
+            data = read_upload(upload)
         media_type, signals, result = await run_in_threadpool(
             service.match_media, caller, data, options
         )
         return {"media_type": media_type, "signals": [s.as_json() for s in signals],
                 **_result(result)}
+    if content_type and not content_type.startswith("application/json"):
+        raise InvalidRequest(
+            "send JSON signals (application/json) or the media as a multipart field 'file'",
+            content_type=content_type,
+        )
     body = _parse(MatchRequest, await request.body())
     if body.max_distance is not None and options.max_distance is None:
         options = MatchOptions(body.max_distance, options.include_disputed, options.labels,
