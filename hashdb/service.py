@@ -38,7 +38,7 @@ from hashdb.models import (
     SignalHit,
 )
 from hashdb.settings import Settings
-from hashdb.signals import SIGNAL_TYPES, HashValue, Signal, signal_type
+from hashdb.signals import SIGNAL_TYPES, HashValue, Signal, SignalType, signal_type
 from hashdb.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,9 @@ class Service:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.loaded_from: str | None = None
+        # Key checks are one lookup per request; a short cache keeps them off the
+        # database on the hot path. Another replica sees a revocation within its TTL.
+        self._keys: dict[bytes, tuple[float, Caller]] = {}
 
     # lifecycle -------------------------------------------------------------
     def start(self, poll: bool = True) -> None:
@@ -210,10 +213,18 @@ class Service:
     def authenticate(self, key: str | None) -> Caller:
         if not key:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
-        found = self.store.key_by_secret_hash(hash_secret(key))
+        digest = hash_secret(key)
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        found = self.store.key_by_secret_hash(digest)
         if found is None or found.revoked_at is not None:
             raise Unauthorized("this API key is not valid")
-        return Caller(found.member, found.key_id, found.roles)
+        caller = Caller(found.member, found.key_id, found.roles)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (time.monotonic() + self.settings.key_cache_seconds, caller)
+        return caller
 
     def create_member(self, caller: Caller | None, name: str, trusted_flagger: bool) -> Member:
         _require(caller, Role.ADMIN)
@@ -256,6 +267,7 @@ class Service:
         _require(caller, Role.ADMIN)
         if not self.store.revoke_key(key_id):
             raise NotFound(f"no active key {key_id!r}", key_id=key_id)
+        self._keys.clear()  # revoked here: refused here at once
 
     def ensure_admin_key(self) -> str | None:
         """On a store with no keys at all, create an admin member and key; else None."""
@@ -316,19 +328,24 @@ class Service:
         grouped = [i for i in items if i.media_key is not None or i.timestamp is not None]
         rows: list[tuple[str, bytes, int | None, str, str | None]] = []
         labels_json: dict[tuple[str, ...], str] = {}
+        types: dict[str, SignalType] = {}
         rejected = 0
         for item in items:
             if item.media_key is not None or item.timestamp is not None:
                 continue
-            value = signal_type(item.type).parse(item.value)
+            st = types.get(item.type)
+            if st is None:
+                st = types[item.type] = signal_type(item.type)
+            raw = st.parse_raw(item.value)
             key = tuple(item.labels)
             if key not in labels_json:
                 labels_json[key] = json.dumps(self._labels(item.labels, where="labels"))
-            if _low_quality(value.type, item.quality, None):
+            if item.quality is not None and _low_quality(st.name, item.quality, None):
                 rejected += 1
                 continue
-            rows.append((value.type, value.raw, item.quality, labels_json[key],
-                         _optional_text(item.source, "source", 200)))
+            rows.append((st.name, raw, item.quality, labels_json[key],
+                         None if item.source is None
+                         else _optional_text(item.source, "source", 200)))
         created = self.store.import_signals(caller.member, rows) if rows else 0
         existing = len(rows) - created
         if grouped:

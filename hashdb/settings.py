@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # many changes (and at shutdown).
     index_snapshots: bool = True
     snapshot_every_changes: int = Field(100_000, gt=0)
+    # How long a process trusts a key it has checked (revocations made on another
+    # replica take effect within this time; on the same process, at once).
+    key_cache_seconds: float = Field(5.0, ge=0)
     # Allowed labels; empty means any well-formed label.
     taxonomy: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -109,7 +109,9 @@ def test_batch_of_1000_queries(server: RunningServer, keys: dict[str, str]) -> N
         assert got == ([] if want is None else [(want, 3)])
 
 
-def test_withdrawn_media_is_never_matched_again(server: RunningServer, keys: dict[str, str]) -> None:
+def test_withdrawn_media_is_never_matched_again(
+    server: RunningServer, keys: dict[str, str]
+) -> None:
     value = flipped(ORIGINAL, list(range(100, 140)))
     alice = server.client(keys["alice"])
     media_id = alice.post(

@@ -249,6 +249,9 @@ class SqliteStore:
         values this member already has (or repeats within `rows`) are skipped.
         Returns how many were created."""
         at = now()
+        # Bulk writes touch index pages all over the file: give this connection a
+        # large page cache (1 GiB) instead of the 2 MiB default.
+        self._db.execute("PRAGMA cache_size = -1048576")
         with self._write() as db:
             db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS incoming "

@@ -1,0 +1,1 @@
+"""Turning uploaded bytes into media and signals: safe decoding, fast PDQ, pHash."""
