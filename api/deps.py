@@ -1,4 +1,9 @@
-"""Typed dependencies: the service, the calling member, match options."""
+"""Typed dependencies: the service, the calling member, match options.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in the
+thread pool, and these are cheap enough that the hop would cost more than they do
+(the key check is an in-memory cache hit on the hot path).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from hashdb.models import Caller
 from hashdb.service import MatchOptions, Service
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -18,7 +23,7 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def current_caller(request: Request, service: ServiceDep) -> Caller:
+async def current_caller(request: Request, service: ServiceDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     return service.authenticate(key.strip() if scheme.lower() == "bearer" else None)
@@ -27,7 +32,7 @@ def current_caller(request: Request, service: ServiceDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def match_options(
+async def match_options(
     max_distance: Annotated[int | None, Query(ge=0, le=256)] = None,
     include_disputed: bool = False,
     labels: Annotated[str | None, Query(description="comma-separated; any of them")] = None,

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 _LABEL = re.compile(r"[a-z0-9][a-z0-9_.:/-]{0,63}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 KEY_PREFIX = "hdb"
+# Searches of at most this many queries skip the CPU queue that batches wait in.
+SMALL_SEARCH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +106,9 @@ class MatchResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class HashItem:
-    """One item of a `contribute_hashes` request, before validation."""
+class HashItem(NamedTuple):
+    """One item of a `contribute_hashes` request, before validation. A NamedTuple
+    rather than a frozen dataclass: bulk imports make millions of them."""
 
     type: str
     value: str
@@ -438,8 +440,12 @@ class Service:
             matrix = np.frombuffer(
                 b"".join(s.value.raw for _, s in group), np.uint8
             ).reshape(len(group), st.nbytes)
-            with self._cpu:
+            if len(group) <= SMALL_SEARCH:
+                # Single lookups never queue behind batches: they cost ~1 ms.
                 hits = self.follower.search(type_name, matrix, radius)
+            else:
+                with self._cpu:
+                    hits = self.follower.search(type_name, matrix, radius)
             found.append((hits, group))
         ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0)
         if not len(ids):

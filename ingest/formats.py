@@ -47,13 +47,17 @@ def read_items(lines: IO[str], fmt: str, default_labels: list[str]) -> Iterator[
                            [*labels, *default_labels] or default_labels,
                            source=row[2] if len(row) > 2 and row[2] else None)
     elif fmt == "local":
+        aliases: dict[str, str] = {}
         for line in lines:
             parts = line.split()
-            if not parts or parts[0].startswith("#"):
-                continue
             if len(parts) != 2:
+                if not parts or parts[0].startswith("#"):
+                    continue
                 raise InvalidRequest(f"expected '<signal_type> <hash>', got {line.strip()!r}")
-            yield HashItem(_ALIASES.get(parts[0].lower(), parts[0]), parts[1], default_labels)
+            kind = aliases.get(parts[0])
+            if kind is None:
+                kind = aliases[parts[0]] = _ALIASES.get(parts[0].lower(), parts[0])
+            yield HashItem(kind, parts[1], default_labels)
     elif fmt == "jsonl":
         for line in lines:
             if not line.strip():

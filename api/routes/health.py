@@ -11,12 +11,12 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(service: ServiceDep) -> dict[str, Any]:
+async def readyz(service: ServiceDep) -> dict[str, Any]:
     if not service.ready:
         raise NotReady("the indexes are still loading")
     return {"status": "ready", "indexes": service.follower.sizes(),

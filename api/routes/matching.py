@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, File, Request, UploadFile
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile as FormFile
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as FormFile
 
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
 from api.schemas import BatchRequest, MatchRequest

@@ -66,6 +66,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA temp_store=MEMORY")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -260,13 +261,21 @@ class SqliteStore:
             db.execute("DELETE FROM incoming")
             db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?, ?)", rows)
             db.execute("DROP TABLE IF EXISTS temp.fresh")
+            # A member's first import has nothing to be idempotent against: skip the
+            # per-row existence probe (the costliest step at millions of rows).
+            has_any = db.execute(
+                "SELECT 1 FROM signal WHERE member_id = ? LIMIT 1", (member.id,)
+            ).fetchone()
+            existing_filter = (
+                "WHERE NOT EXISTS (SELECT 1 FROM signal s JOIN media m ON m.id = s.media_id"
+                " WHERE s.member_id = ? AND s.type = i.type AND s.value = i.value"
+                " AND m.status != 'deleted')"
+                if has_any else "WHERE ? IS NOT NULL"
+            )
             db.execute(
                 "CREATE TEMP TABLE fresh AS SELECT row_number() OVER () AS n, * FROM ("
                 " SELECT i.type, i.value, min(i.quality) AS quality, min(i.labels) AS labels,"
-                " min(i.source) AS source FROM incoming i WHERE NOT EXISTS ("
-                "  SELECT 1 FROM signal s JOIN media m ON m.id = s.media_id"
-                "  WHERE s.member_id = ? AND s.type = i.type AND s.value = i.value"
-                "  AND m.status != 'deleted')"
+                f" min(i.source) AS source FROM incoming i {existing_filter}"
                 " GROUP BY i.type, i.value)",
                 (member.id,),
             )

@@ -1,0 +1,266 @@
+"""The whole service at scale: bulk import, restart, memory, freshness and HTTP load.
+
+Builds a store of N seeded random PDQ hashes with `hashdb import`, starts
+`hashdb serve` on it and measures, in one run:
+
+- import time (10M target: <= 180 s) and the rebuild time on the first start;
+- restart time from the index snapshot (target: /readyz 200 within 30 s);
+- service RSS (target: <= 2 GB at 10M);
+- freshness over HTTP: a contributed hash matches on the next request, a
+  withdrawn one is gone on the next request;
+- load from wrk on loopback: single-signal /v1/match (target >= 1,000 req/s,
+  p99 <= 25 ms) and /v1/match/batch of 10,000 queries (target >= 8,000
+  lookups/s). The baseline in the same run is /healthz (the HTTP stack alone).
+
+    .venv/bin/python benchmarks/service_scale.py --size 10000000 [--json PATH]
+
+Needs wrk (Debian package `wrk`) for the load part; without it that part is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import print_header  # noqa: E402
+
+HASHDB = [str(Path(sys.executable).parent / "hashdb")]
+
+SINGLE_LUA = r"""
+math.randomseed(%(seed)d)
+local hex = "0123456789abcdef"
+request = function()
+  local t = {}
+  for i = 1, 64 do
+    local r = math.random(16)
+    t[i] = hex:sub(r, r)
+  end
+  local body = '{"signals": [{"type": "pdq", "value": "' .. table.concat(t) .. '"}]}'
+  return wrk.format("POST", "/v1/match", {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer %(key)s"}, body)
+end
+"""
+
+BATCH_LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+local f = io.open("%(body)s", "rb")
+wrk.body = f:read("*all")
+f:close()
+"""
+
+GET_LUA = r"""
+wrk.method = "GET"
+"""
+
+
+def write_hashes(path: Path, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for start in range(0, n, 1_000_000):
+            block = rng.integers(0, 256, (min(1_000_000, n - start), 32), dtype=np.uint8)
+            hexes = block.tobytes().hex(" ", 32).split()
+            f.write("".join(f"pdq {h}\n" for h in hexes))
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> float:
+    start = time.monotonic()
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while time.monotonic() - start < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return time.monotonic() - start
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError("server not ready")
+
+
+def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HASHDB_INDEX_POLL_SECONDS": "1"}
+    return subprocess.Popen(
+        [*HASHDB, "serve", "--data-dir", str(data_dir), "--port", str(port),
+         "--log-level", "warning"],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> float:
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=600)
+    return time.monotonic() - start
+
+
+def wrk(script: str, url: str, duration: int, connections: int, workdir: Path) -> dict[str, Any]:
+    lua = workdir / "wrk.lua"
+    lua.write_text(script)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result: dict[str, Any] = {"raw": out}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    result["requests_per_s"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
+        if m:
+            scale = {"us": 1e-3, "ms": 1.0, "s": 1000.0}[m.group(2)]
+            result[f"p{pct}_ms"] = float(m.group(1)) * scale
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result["errors"] = int(m.group(1)) if m else 0
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=20261128)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per wrk run")
+    parser.add_argument("--workdir", type=Path, help="keep the store here (default: temp)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" /
+                        "service_scale.json")
+    args = parser.parse_args()
+    info = print_header("hashdb service at scale", args.seed,
+                        ("numpy", "faiss-cpu", "numba", "fastapi", "uvicorn"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hashdb-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir, log = workdir / "data", workdir / "serve.log"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    url = f"http://127.0.0.1:{args.port}"
+    results: dict[str, Any] = {"size": args.size, **info}
+
+    hashes = workdir / f"hashes-{args.size}.txt"
+    if not hashes.exists():
+        write_hashes(hashes, args.size, args.seed)
+    t = time.monotonic()
+    subprocess.run([*HASHDB, "import", str(hashes), "--format", "local", "--member", "bulk",
+                    "--labels", "terrorism", "--data-dir", str(data_dir)], check=True,
+                   stdout=subprocess.DEVNULL)
+    results["import_s"] = time.monotonic() - t
+    print(f"import of {args.size:,} hashes: {results['import_s']:.1f} s")
+
+    def key(member: str, roles: str) -> str:
+        out = subprocess.run([*HASHDB, "keys", "create", "--member", member, "--roles", roles,
+                              "--data-dir", str(data_dir)], capture_output=True, text=True,
+                             check=True).stdout
+        return out.strip().splitlines()[-1]
+
+    matcher, contributor = key("platform", "matcher"), key("ngo", "contributor,matcher")
+
+    proc = serve(data_dir, args.port, log)
+    try:
+        results["rebuild_ready_s"] = wait_ready(url, proc)
+        print(f"first start (rebuild from the store): ready in {results['rebuild_ready_s']:.1f} s")
+        results["rss_after_start_bytes"] = rss_of(proc.pid)
+
+        # Freshness: next request after the write, no rebuild.
+        rng = np.random.default_rng(args.seed + 1)
+        value = rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex()
+        query = {"signals": [{"type": "pdq", "value": value}]}
+        with httpx.Client(base_url=url, timeout=60) as c:
+            c.headers["Authorization"] = f"Bearer {contributor}"
+            t = time.perf_counter()
+            made = c.post("/v1/hashes", json={"items": [{"type": "pdq", "value": value,
+                                                         "labels": ["terrorism"]}]}).json()
+            found = c.post("/v1/match", json=query).json()["matches"]
+            results["fresh_add_then_match_ms"] = (time.perf_counter() - t) * 1000
+            media_id = made["items"][0]["media_id"]
+            t = time.perf_counter()
+            c.delete(f"/v1/media/{media_id}")
+            gone = c.post("/v1/match", json=query).json()["matches"]
+            results["fresh_withdraw_then_match_ms"] = (time.perf_counter() - t) * 1000
+        results["fresh_add_found"] = [m["media_id"] for m in found] == [media_id]
+        results["fresh_withdraw_gone"] = gone == []
+        print(f"freshness: added then matched {results['fresh_add_found']} "
+              f"({results['fresh_add_then_match_ms']:.1f} ms); withdrawn then gone "
+              f"{results['fresh_withdraw_gone']} ({results['fresh_withdraw_then_match_ms']:.1f} ms)")
+
+        if shutil.which("wrk"):
+            body = workdir / "batch.json"
+            queries = rng.integers(0, 256, (10_000, 32), dtype=np.uint8).tobytes().hex(" ", 32)
+            body.write_text(json.dumps({"queries": [
+                {"id": i, "type": "pdq", "value": v} for i, v in enumerate(queries.split())]}))
+            runs = {
+                "healthz": wrk(GET_LUA, url + "/healthz", args.duration, 16, workdir),
+                "match_single": wrk(SINGLE_LUA % {"seed": args.seed, "key": matcher}, url,
+                                    args.duration, 16, workdir),
+                "match_batch_10k": wrk(BATCH_LUA % {"key": matcher, "body": body},
+                                       url + "/v1/match/batch", args.duration, 2, workdir),
+            }
+            runs["match_batch_10k"]["lookups_per_s"] = runs["match_batch_10k"][
+                "requests_per_s"] * 10_000
+            results["load"] = {k: {kk: vv for kk, vv in v.items() if kk != "raw"}
+                               for k, v in runs.items()}
+            results["rss_after_load_bytes"] = rss_of(proc.pid)
+        else:
+            print("wrk not found: skipping the load part (apt-get install wrk)")
+    finally:
+        results["stop_s"] = stop(proc)
+
+    proc = serve(data_dir, args.port, log)
+    try:
+        results["restart_ready_s"] = wait_ready(url, proc)
+        results["rss_after_restart_bytes"] = rss_of(proc.pid)
+    finally:
+        stop(proc)
+
+    print()
+    print(f"| measure ({args.size:,} PDQ hashes) | value | target |")
+    print("|---|---|---|")
+    print(f"| bulk import | {results['import_s']:.1f} s | <= 180 s at 10M |")
+    print(f"| first start, rebuild from store | {results['rebuild_ready_s']:.1f} s | (report) |")
+    print(f"| restart from snapshot to /readyz 200 | {results['restart_ready_s']:.1f} s "
+          "| <= 30 s |")
+    print(f"| stop (incl. snapshot save) | {results['stop_s']:.1f} s | |")
+    rss = max(results.get("rss_after_load_bytes", 0), results["rss_after_start_bytes"])
+    print(f"| service RSS | {rss / 2**30:.2f} GiB | <= 2 GiB |")
+    print(f"| freshness: add -> match / withdraw -> match | "
+          f"{results['fresh_add_found']} / {results['fresh_withdraw_gone']} | True / True |")
+    if "load" in results:
+        h, s, b = (results["load"][k] for k in ("healthz", "match_single", "match_batch_10k"))
+        print(f"| GET /healthz (HTTP stack baseline) | {h['requests_per_s']:,.0f} req/s | |")
+        print(f"| POST /v1/match, 1 signal | {s['requests_per_s']:,.0f} req/s, p50 "
+              f"{s.get('p50_ms', 0):.1f} ms, p99 {s.get('p99_ms', 0):.1f} ms, errors "
+              f"{s['errors']} | >= 1,000 req/s, p99 <= 25 ms |")
+        print(f"| POST /v1/match/batch, 10k | {b['lookups_per_s']:,.0f} lookups/s (p50 "
+              f"{b.get('p50_ms', 0):.0f} ms per batch), errors {b['errors']} "
+              "| >= 8,000 lookups/s |")
+        print(f"| match vs /healthz | {s['requests_per_s'] / max(h['requests_per_s'], 1):.2f}x "
+              "| |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
