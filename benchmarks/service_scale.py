@@ -202,7 +202,8 @@ def main() -> int:
         results["fresh_withdraw_gone"] = gone == []
         print(f"freshness: added then matched {results['fresh_add_found']} "
               f"({results['fresh_add_then_match_ms']:.1f} ms); withdrawn then gone "
-              f"{results['fresh_withdraw_gone']} ({results['fresh_withdraw_then_match_ms']:.1f} ms)")
+              f"{results['fresh_withdraw_gone']} "
+              f"({results['fresh_withdraw_then_match_ms']:.1f} ms)")
 
         if shutil.which("wrk"):
             body = workdir / "batch.json"

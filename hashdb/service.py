@@ -313,11 +313,13 @@ class Service:
             )
         stored = iter(self.store.contribute(caller.member, accepted))
         self._follow()
-        return [
-            o if o is not None else ItemOutcome(c.media_id, c.created)
-            for o in outcomes
-            for c in [None if o is not None else next(stored)]
-        ]  # type: ignore[union-attr]
+        results: list[ItemOutcome] = []
+        for outcome in outcomes:
+            if outcome is None:
+                done = next(stored)
+                outcome = ItemOutcome(done.media_id, done.created)
+            results.append(outcome)
+        return results
 
     def import_hashes(self, caller: Caller, items: Sequence[HashItem]) -> tuple[int, int, int]:
         """Bulk path for large hash lists: (created, already present, rejected).
@@ -413,8 +415,8 @@ class Service:
         return media_type, signals, self.match(caller, signals, options)
 
     def match_batch(
-        self, caller: Caller, queries: Sequence[tuple[str, HashValue]], options: MatchOptions
-    ) -> list[tuple[str, list[Match]]]:
+        self, caller: Caller, queries: Sequence[tuple[str | int, HashValue]], options: MatchOptions
+    ) -> list[tuple[str | int, list[Match]]]:
         _require(caller, Role.MATCHER)
         self._check_batch(queries, "queries")
         matches = self._search(
@@ -447,10 +449,10 @@ class Service:
                 with self._cpu:
                     hits = self.follower.search(type_name, matrix, radius)
             found.append((hits, group))
-        ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0)
+        ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0, np.int64)
         if not len(ids):
             return []
-        known = self.store.signal_hits(ids.tolist())
+        known = self.store.signal_hits([int(i) for i in ids])
         matches: list[Match] = []
         cap = self.settings.max_matches_per_signal
         for hits, group in found:

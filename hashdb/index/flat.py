@@ -21,7 +21,9 @@ class FlatHammingIndex:
         self.signal_type = signal_type
         # FAISS and dicts are not safe for a search during a write: one lock.
         self._lock = threading.RLock()
-        self._index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(signal_type.bits))
+        self._index: faiss.IndexBinary = faiss.IndexBinaryIDMap2(
+            faiss.IndexBinaryFlat(signal_type.bits)
+        )
 
     def _add_unlocked(self, ids: np.ndarray, hashes: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
