@@ -28,6 +28,18 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="postgresql://... (or $HASHDB_DATABASE_URL)")
 
 
+def pin_native_threads() -> None:
+    """One native thread per request thread: BLAS, OpenCV and FAISS thread pools would
+    otherwise fight the request threads (and each other) for the same few cores."""
+    import cv2
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    cv2.setNumThreads(1)
+    faiss.omp_set_num_threads(1)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -35,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hashdb.service import Service
 
     settings = _settings(args)
+    pin_native_threads()
     service = Service(settings)
     service.store.migrate()
     key = service.ensure_admin_key()
