@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, File, Request, UploadFile
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as FormFile
+from starlette.responses import Response
 
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
+from api.responses import json_response
 from api.schemas import BatchRequest, MatchRequest
 from api.upload import read_upload
 from hashdb.errors import InvalidRequest
@@ -17,6 +19,7 @@ from hashdb.service import MatchOptions, MatchResult
 from hashdb.signals import Signal, signal_type
 
 router = APIRouter(prefix="/v1", tags=["matching"])
+Body = TypeVar("Body", bound=BaseModel)
 
 
 @router.post("/hash")
@@ -43,7 +46,7 @@ _MATCH_BODY = {
 @router.post("/match", openapi_extra=_MATCH_BODY)
 async def match(
     request: Request, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
-) -> dict[str, Any]:
+) -> Response:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         async with request.form() as form:
@@ -54,8 +57,8 @@ async def match(
         media_type, signals, result = await run_in_threadpool(
             service.match_media, caller, data, options
         )
-        return {"media_type": media_type, "signals": [s.as_json() for s in signals],
-                **_result(result)}
+        return json_response({"media_type": media_type,
+                              "signals": [s.as_json() for s in signals], **_result(result)})
     if content_type and not content_type.startswith("application/json"):
         raise InvalidRequest(
             "send JSON signals (application/json) or the media as a multipart field 'file'",
@@ -69,17 +72,24 @@ async def match(
         Signal(signal_type(s.type).parse(s.value), s.quality, s.timestamp) for s in body.signals
     ]
     result = await run_in_threadpool(service.match, caller, signals, options)
-    return _result(result)
+    return json_response(_result(result))
 
 
-@router.post("/match/batch")
-def match_batch(
-    body: BatchRequest, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
-) -> dict[str, Any]:
-    queries = [(q.id, signal_type(q.type).parse(q.value)) for q in body.queries]
-    results = service.match_batch(caller, queries, options)
-    return {"results": [{"id": qid, "matches": [m.as_json() for m in ms]}
-                        for qid, ms in results]}
+@router.post("/match/batch", openapi_extra={"requestBody": {"content": {
+    "application/json": {"schema": BatchRequest.model_json_schema()}}}})
+async def match_batch(
+    request: Request, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
+) -> Response:
+    body = _parse(BatchRequest, await request.body())
+
+    def run() -> Response:
+        queries = [(q.id, signal_type(q.type).parse(q.value)) for q in body.queries]
+        results = service.match_batch(caller, queries, options)
+        return json_response({"results": [{"id": qid, "matches": [m.as_json() for m in ms]}
+                                          for qid, ms in results]})
+
+    # Parsing and searching 10,000 queries is CPU work: off the event loop.
+    return await run_in_threadpool(run)
 
 
 def _result(result: MatchResult) -> dict[str, Any]:
@@ -87,7 +97,7 @@ def _result(result: MatchResult) -> dict[str, Any]:
             "skipped": [s.as_json() for s in result.skipped]}
 
 
-def _parse(model: type[MatchRequest], raw: bytes) -> MatchRequest:
+def _parse(model: type[Body], raw: bytes) -> Body:
     # Parsed by hand because this route also takes multipart; errors keep the one shape.
     from fastapi.exceptions import RequestValidationError
 
