@@ -3,5 +3,14 @@
 from hashdb.index.base import Hits, Index, brute_force_search, index_for
 from hashdb.index.exact import ExactIndex
 from hashdb.index.flat import FlatHammingIndex
+from hashdb.index.mih import MultiIndexHammingIndex
 
-__all__ = ["ExactIndex", "FlatHammingIndex", "Hits", "Index", "brute_force_search", "index_for"]
+__all__ = [
+    "ExactIndex",
+    "FlatHammingIndex",
+    "Hits",
+    "Index",
+    "MultiIndexHammingIndex",
+    "brute_force_search",
+    "index_for",
+]

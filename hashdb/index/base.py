@@ -53,6 +53,8 @@ class Index(Protocol):
       Removing an unknown id is a no-op. Adding an id that is present replaces it.
     - Queries and hashes are `uint8` arrays of shape (n, bytes).
     - `save`/`load` round-trip the whole content.
+    - `compact()` finishes any pending background work (merges) and returns when
+      searches run at full speed; it never changes results.
     """
 
     signal_type: SignalType
@@ -64,6 +66,8 @@ class Index(Protocol):
     def search(self, queries: np.ndarray, max_distance: int) -> Hits: ...
 
     def __len__(self) -> int: ...
+
+    def compact(self) -> None: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -96,11 +100,12 @@ def as_hash_matrix(hashes: np.ndarray | list[bytes], nbytes: int) -> np.ndarray:
 def index_for(signal_type: SignalType) -> Index:
     """The default index for a signal type."""
     from hashdb.index.exact import ExactIndex
-    from hashdb.index.flat import FlatHammingIndex
+    from hashdb.index.mih import MultiIndexHammingIndex
 
     if signal_type.metric == "exact":
         return ExactIndex(signal_type)
-    return FlatHammingIndex(signal_type)
+    # Multi-index hashing: exact, and it falls back to a scan where that is cheaper.
+    return MultiIndexHammingIndex(signal_type)
 
 
 def save_path(directory: Path, signal_type: SignalType) -> Path:

@@ -45,6 +45,9 @@ class ExactIndex:
             per_query.append((np.array(found, np.int64), np.zeros(len(found), np.int32)))
         return Hits.from_lists(per_query)
 
+    def compact(self) -> None:
+        """Nothing pending: writes apply in place."""
+
     def __len__(self) -> int:
         return len(self._by_id)
 

@@ -46,6 +46,9 @@ class FlatHammingIndex:
         lims, dist, ids = self._index.range_search(queries, max_distance + 1)
         return Hits(lims.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32))
 
+    def compact(self) -> None:
+        """Nothing pending: writes apply in place."""
+
     def __len__(self) -> int:
         return int(self._index.ntotal)
 

@@ -42,23 +42,35 @@ class IndexFollower:
         self._sync_lock = threading.Lock()
 
     # following the change log ---------------------------------------------------
-    def sync(self, batch: int = 500_000) -> int:
-        """Apply every change after the cursor; returns how many were applied."""
+    def sync(self, batch: int = 500_000, bulk: bool = False) -> int:
+        """Apply every change after the cursor; returns how many were applied.
+
+        `bulk` (used when filling empty indexes at start) hands each index all of
+        its additions at once rather than batch by batch, so that an index which
+        builds a static structure (multi-index hashing) builds it once."""
         applied = 0
+        pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = {} if bulk else None
         with self._sync_lock:
             while True:
                 rows = self.store.change_rows(self.cursor, batch)
                 if not rows:
                     break
-                self._apply(rows)
+                self._apply(rows, pending)
                 self.cursor = int(rows[-1][0])
                 applied += len(rows)
                 if len(rows) < batch:
                     break
+            if pending:
+                for name in list(pending):
+                    self._flush(name, pending)
             self.changes_since_snapshot += applied
         return applied
 
-    def _apply(self, rows: list[tuple[int, str, int, str, bytes]]) -> None:
+    def _apply(
+        self,
+        rows: list[tuple[int, str, int, str, bytes]],
+        pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None,
+    ) -> None:
         # Consecutive runs of one op on one type go to the index together; the
         # order across runs is kept, so add-then-remove ends removed.
         start = 0
@@ -66,14 +78,27 @@ class IndexFollower:
             if i < len(rows) and rows[i][1] == rows[start][1] and rows[i][3] == rows[start][3]:
                 continue
             run = rows[start:i]
-            index = self.indexes[run[0][3]]
+            name = run[0][3]
             ids = np.fromiter((r[2] for r in run), dtype=np.int64, count=len(run))
             if run[0][1] == "add":
                 raw = b"".join(r[4] for r in run)
-                index.add(ids, np.frombuffer(raw, np.uint8).reshape(len(run), -1))
+                hashes = np.frombuffer(raw, np.uint8).reshape(len(run), -1)
+                if pending is not None:
+                    pending.setdefault(name, []).append((ids, hashes))
+                else:
+                    self.indexes[name].add(ids, hashes)
             else:
-                index.remove(ids)
+                if pending is not None and name in pending:
+                    self._flush(name, pending)
+                self.indexes[name].remove(ids)
             start = i
+
+    def _flush(self, name: str, pending: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> None:
+        parts = pending.pop(name)
+        ids = np.concatenate([p[0] for p in parts])
+        hashes = np.concatenate([p[1] for p in parts])
+        del parts
+        self.indexes[name].add(ids, hashes)
 
     def search(self, type_name: str, queries: np.ndarray, max_distance: int) -> Hits:
         return self.indexes[type_name].search(queries, max_distance)
@@ -116,7 +141,9 @@ class IndexFollower:
         else:
             self.indexes = {name: self.factory(t) for name, t in SIGNAL_TYPES.items()}
             self.cursor = 0
-        self.sync()
+        self.sync(bulk=True)
+        for index in self.indexes.values():
+            index.compact()  # searches start on the built structure, not a big delta
         if how == "rebuild":
             self.changes_since_snapshot = max(self.changes_since_snapshot, 1)
         self.ready = True
