@@ -27,6 +27,7 @@ from hashdb.index.follower import IndexFactory, IndexFollower
 from hashdb.models import (
     ApiKey,
     Caller,
+    Change,
     Contributed,
     Event,
     MediaRecord,
@@ -514,6 +515,11 @@ class Service:
     def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]:
         """Active signals in id order, for export (operator only)."""
         return self.store.export_signals(after, limit)
+
+    def changes(self, caller: Caller, after: int = 0, limit: int = 1000) -> list[Change]:
+        """The change log, for export and replication: operators only."""
+        _require(caller, Role.ADMIN)
+        return self.store.changes(after, max(1, min(limit, 10_000)))
 
     def events(self, caller: Caller, after: int = 0, limit: int = 100) -> list[Event]:
         limit = max(1, min(limit, 1000))

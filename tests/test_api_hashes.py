@@ -240,3 +240,12 @@ def test_events_are_isolated_per_member(server: RunningServer, keys: dict[str, s
     assert all(e["member"] == "platform-m" for e in mine if e["kind"] == "match")
     everything = server.client(keys["auditor"]).get("/v1/events?limit=1000").json()["events"]
     assert {"alice", "bob", "platform-m"} <= {e["member"] for e in everything}
+
+
+def test_change_log_is_for_operators(server: RunningServer, keys: dict[str, str]) -> None:
+    assert_error(server.client(keys["alice"]).get("/v1/changes"), 403, "forbidden")
+    page = server.client(server.admin_key).get("/v1/changes?limit=5").json()
+    assert len(page["changes"]) == 5 and page["next"] == page["changes"][-1]["seq"]
+    assert {c["op"] for c in page["changes"]} <= {"add", "remove"}
+    rest = server.client(server.admin_key).get(f"/v1/changes?after={page['next']}").json()
+    assert rest["changes"][0]["seq"] == page["next"] + 1

@@ -41,3 +41,17 @@ def events(
     found = service.events(caller, after, limit)
     return {"events": [e.as_json() for e in found],
             "next": found[-1].id if found else after}
+
+
+@router.get("/changes")
+def changes(
+    caller: CallerDep,
+    service: ServiceDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """The change log after a cursor: what became matchable or stopped being so."""
+    found = service.changes(caller, after, limit)
+    return {"changes": [{"seq": c.seq, "op": c.op, "signal_id": c.signal_id,
+                         "type": c.value.type, "value": c.value.hex} for c in found],
+            "next": found[-1].seq if found else after}
