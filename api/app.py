@@ -12,6 +12,7 @@ from starlette.formparsers import MultiPartParser
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.metrics import HttpMetrics, make_registry
 from api.routes import admin, health, matching, media
 from hashdb import __version__
 from hashdb.service import Service
@@ -51,6 +52,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     install_error_handlers(app)
     for module in (health, matching, media, admin):
         app.include_router(module.router)
+    registry, requests, latency = make_registry(svc)
+    app.state.metrics = registry
+    app.add_middleware(HttpMetrics, requests=requests, latency=latency)
     # Multipart framing adds a little to the media itself.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
     return app

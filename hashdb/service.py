@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +156,8 @@ class Service:
         # Key checks are one lookup per request; a short cache keeps them off the
         # database on the hot path. Another replica sees a revocation within its TTL.
         self._keys: dict[bytes, tuple[float, Caller]] = {}
+        # ("lookups" | "matches", signal type) -> count, for /metrics.
+        self.stats: Counter[tuple[str, str]] = Counter()
 
     # lifecycle -------------------------------------------------------------
     def start(self, poll: bool = True) -> None:
@@ -450,6 +452,7 @@ class Service:
                 with self._cpu:
                     hits = self.follower.search(type_name, matrix, radius)
             found.append((hits, group))
+            self.stats["lookups", type_name] += len(group)
         ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0, np.int64)
         if not len(ids):
             return []
@@ -469,6 +472,8 @@ class Service:
                     kept += 1
                     if kept >= cap:
                         break
+        for m in matches:
+            self.stats["matches", m.signal_type] += 1
         self._log_matches(caller, matches)
         return matches
 

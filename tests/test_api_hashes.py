@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -249,3 +251,13 @@ def test_change_log_is_for_operators(server: RunningServer, keys: dict[str, str]
     assert {c["op"] for c in page["changes"]} <= {"add", "remove"}
     rest = server.client(server.admin_key).get(f"/v1/changes?after={page['next']}").json()
     assert rest["changes"][0]["seq"] == page["next"] + 1
+
+
+def test_metrics_for_admins(server: RunningServer, keys: dict[str, str]) -> None:
+    assert_error(server.client().get("/metrics"), 401, "unauthorized")
+    assert_error(server.client(keys["matcher"]).get("/metrics"), 403, "forbidden")
+    text = server.client(server.admin_key).get("/metrics").text
+    assert 'hashdb_http_requests_total{method="POST",route="/v1/match",status="200"}' in text
+    lookups = re.search(r'hashdb_lookups_total\{type="pdq"\} (\d+)', text)
+    assert lookups and int(lookups.group(1)) >= 1000  # the batch test's queries
+    assert re.search(r'hashdb_index_signals\{type="pdq"\} [1-9]', text)

@@ -1,0 +1,76 @@
+"""Prometheus metrics: HTTP traffic per route, lookups and matches per signal type,
+index sizes. One registry per app (no process globals), served at /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hashdb.service import Service
+
+
+class ServiceCollector(Collector):
+    """Reads the service's own counters and index sizes at scrape time."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        lookups = CounterMetricFamily("hashdb_lookups", "Query signals searched", labels=["type"])
+        matches = CounterMetricFamily("hashdb_matches", "Matches returned", labels=["type"])
+        for (kind, type_name), n in sorted(self.service.stats.items()):
+            (lookups if kind == "lookups" else matches).add_metric([type_name], n)
+        yield lookups
+        yield matches
+        sizes = GaugeMetricFamily("hashdb_index_signals", "Signals in the index", labels=["type"])
+        for name, n in self.service.follower.sizes().items():
+            sizes.add_metric([name], n)
+        yield sizes
+        yield GaugeMetricFamily("hashdb_index_cursor", "Last change applied to the indexes",
+                                value=self.service.follower.cursor)
+        yield GaugeMetricFamily("hashdb_ready", "1 when the indexes are loaded",
+                                value=1 if self.service.ready else 0)
+
+
+def make_registry(service: Service) -> tuple[CollectorRegistry, Counter, Histogram]:
+    registry = CollectorRegistry()
+    requests = Counter("hashdb_http_requests", "HTTP requests", ["method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("hashdb_http_request_seconds", "HTTP request latency", ["route"],
+                        registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                 2.5, 5, 10))
+    registry.register(ServiceCollector(service))
+    return registry, requests, latency
+
+
+class HttpMetrics:
+    """Counts every request by route template (not raw path: ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], route, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - start)
