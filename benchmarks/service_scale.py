@@ -123,7 +123,8 @@ def wrk(script: str, url: str, duration: int, connections: int, workdir: Path) -
     lua = workdir / "wrk.lua"
     lua.write_text(script)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "60s", "--latency",
+         "-s", str(lua), url],
         capture_output=True, text=True, check=True,
     ).stdout
     result: dict[str, Any] = {"raw": out}

@@ -21,7 +21,7 @@ from hashdb.models import Role
 if TYPE_CHECKING:
     from hashdb.service import HashItem, Service
 
-CHUNK = 200_000
+CHUNK = 1_000_000
 # ThreatExchange names some types differently.
 _ALIASES = {"pdq": "pdq", "md5": "md5", "video_md5": "md5", "photo_md5": "md5",
             "sha256": "sha256", "phash": "phash"}

@@ -144,8 +144,13 @@ class IndexFollower:
         self.sync(bulk=True)
         for index in self.indexes.values():
             index.compact()  # searches start on the built structure, not a big delta
-        if how == "rebuild":
-            self.changes_since_snapshot = max(self.changes_since_snapshot, 1)
+        if how == "rebuild" and directory is not None and self.changes_since_snapshot:
+            # Save now, before serving: a snapshot taken later would hold up the
+            # first writes, and the next start would rebuild again.
+            try:
+                self.save_snapshot(directory)
+            except OSError:
+                log.exception("could not save the index snapshot")
         self.ready = True
         return how
 
