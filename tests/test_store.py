@@ -1,20 +1,77 @@
-"""The SQLite store on a real file: WAL, migrations, idempotency, the change log."""
+"""Both stores, SQLite on a real file and PostgreSQL in a schema of its own, through
+the same tests: migrations, durability, idempotency (also under concurrency), the
+bulk path, the change log, export and identity."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from hashdb.errors import Conflict
 from hashdb.models import MediaStatus, NewEvent, NewSignal, Role
 from hashdb.signals import HashValue, Signal
+from hashdb.store import Store
 from hashdb.store.sqlite import SqliteStore, migrations
+from postgres_schemas import postgres_schema
+
+
+@dataclass
+class Backend:
+    name: str
+    open: Callable[[], Store]
+    # Runs SQL on a connection of its own: what another process would see.
+    query: Callable[[str], list[tuple[Any, ...]]]
+
+
+def _sqlite_query(path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
+    def query(text: str) -> list[tuple[Any, ...]]:
+        other = sqlite3.connect(path)
+        try:
+            return other.execute(text).fetchall()
+        finally:
+            other.close()
+
+    return query
+
+
+def _postgres_query(url: str) -> Callable[[str], list[tuple[Any, ...]]]:
+    def query(text: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url) as other:
+            return other.execute(text).fetchall()
+
+    return query
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "db.sqlite3"
+        yield Backend("sqlite", lambda: SqliteStore(path), _sqlite_query(path))
+    else:
+        from hashdb.store.postgres import PostgresStore
+
+        with postgres_schema() as url:
+            yield Backend("postgres", lambda: PostgresStore(url), _postgres_query(url))
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
+def store(backend: Backend) -> Iterator[Store]:
+    s = backend.open()
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "db.sqlite3")
     s.migrate()
     yield s
@@ -25,26 +82,25 @@ def pdq(n: int) -> HashValue:
     return HashValue("pdq", n.to_bytes(32, "big"))
 
 
-def test_wal_mode_and_migrations_are_recorded_once(store: SqliteStore) -> None:
-    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def test_sqlite_runs_in_wal_mode(sqlite_store: SqliteStore) -> None:
+    assert sqlite_store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_migrations_are_recorded_once(store: Store, backend: Backend) -> None:
     store.migrate()  # a second run applies nothing
-    versions = [v for (v,) in store._db.execute("SELECT version FROM schema_migrations")]
-    assert versions == [v for v, _ in migrations("sqlite")] == [1]
+    versions = [v for (v,) in backend.query("SELECT version FROM schema_migrations")]
+    assert versions == [v for v, _ in migrations(backend.name)] == [1]
 
 
-def test_contribution_is_committed_when_acknowledged(store: SqliteStore) -> None:
+def test_contribution_is_committed_when_acknowledged(store: Store, backend: Backend) -> None:
     member = store.create_member("alice", False)
     [done] = store.contribute(member, [NewSignal(Signal(pdq(1)), ("terrorism",))])
     # A separate connection (another process, a crash-restart) sees it at once.
-    other = sqlite3.connect(store.path)
-    try:
-        rows = other.execute("SELECT media_id, type FROM signal").fetchall()
-    finally:
-        other.close()
+    rows = backend.query("SELECT media_id, type FROM signal")
     assert rows == [(done.media_id, "pdq")]
 
 
-def test_contribute_is_idempotent_per_member_and_value(store: SqliteStore) -> None:
+def test_contribute_is_idempotent_per_member_and_value(store: Store) -> None:
     alice = store.create_member("alice", False)
     bob = store.create_member("bob", False)
     item = NewSignal(Signal(pdq(7)), ("csam",))
@@ -54,7 +110,65 @@ def test_contribute_is_idempotent_per_member_and_value(store: SqliteStore) -> No
     assert b1.created and b1.media_id != a1[0].media_id  # another member's own media
 
 
-def test_media_key_groups_signals_into_one_media(store: SqliteStore) -> None:
+def test_a_batch_keeps_order_and_fields(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    [old] = store.contribute(alice, [NewSignal(Signal(pdq(1)), ("x",))])
+    batch = [
+        NewSignal(Signal(pdq(2), 77, 1.5), ("a", "b"), note="n", source="s"),
+        NewSignal(Signal(pdq(1)), ("x",)),
+        NewSignal(Signal(HashValue("md5", b"\x01" * 16)), ("c",)),
+        NewSignal(Signal(pdq(2)), ("other",)),
+    ]
+    out = store.contribute(alice, batch)
+    assert [o.created for o in out] == [True, False, True, False]
+    assert out[1].media_id == old.media_id and out[3].media_id == out[0].media_id
+    assert len({old.media_id, out[0].media_id, out[2].media_id}) == 3
+    record = store.get_media(out[0].media_id)
+    assert record is not None
+    assert (record.labels, record.note, record.source, record.status) == (
+        ("a", "b"), "n", "s", MediaStatus.ACTIVE)
+    [sig] = record.signals
+    assert (sig.value, sig.quality, sig.timestamp) == (pdq(2), 77, 1.5)
+    # Mixed with a media key, the same batch gives the same answers.
+    mixed = batch + [NewSignal(Signal(pdq(9)), ("k",), media_key="clip")]
+    again = store.contribute(alice, mixed)
+    assert [(o.media_id, o.created) for o in again[:4]] == [(o.media_id, False) for o in out]
+    assert again[4].created
+    adds = [c.value for c in store.changes(0, 100) if c.op == "add"]
+    assert adds == [pdq(1), pdq(2), HashValue("md5", b"\x01" * 16), pdq(9)]
+
+
+def test_concurrent_contributions_of_one_value_make_one_media(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    threads, rounds = 6, 15
+    start = threading.Barrier(threads)
+    results: list[list[tuple[int, bool]]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for r in range(rounds):
+                start.wait(timeout=30)  # every thread sends round r at the same moment
+                [out] = store.contribute(alice, [NewSignal(Signal(pdq(1000 + r)), ("x",))])
+                results[k].append((out.media_id, out.created))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+            start.abort()
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors
+    for r in range(rounds):
+        outcomes = [results[k][r] for k in range(threads)]
+        assert len({mid for mid, _ in outcomes}) == 1, outcomes
+        assert sum(created for _, created in outcomes) == 1, outcomes
+    assert len(store.changes(0, 1000)) == rounds
+
+
+def test_media_key_groups_signals_into_one_media(store: Store) -> None:
     alice = store.create_member("alice", False)
     frames = [NewSignal(Signal(pdq(i), 90, float(i)), ("terrorism",), media_key="clip-1",
                         media_type="video") for i in range(3)]
@@ -64,9 +178,12 @@ def test_media_key_groups_signals_into_one_media(store: SqliteStore) -> None:
     assert [o.created for o in again] == [False, False, False]
     record = store.get_media(out[0].media_id)
     assert record is not None and [s.timestamp for s in record.signals] == [0.0, 1.0, 2.0]
+    assert record.media_type == "video" and record.labels == ("terrorism",)
+    assert record.created_at.endswith("Z") and len(record.created_at) == 24
+    assert record.owner == alice
 
 
-def test_status_changes_append_to_the_change_log(store: SqliteStore) -> None:
+def test_status_changes_append_to_the_change_log(store: Store) -> None:
     alice = store.create_member("alice", False)
     [done] = store.contribute(alice, [NewSignal(Signal(pdq(3)), ("x",))])
     store.set_status(done.media_id, MediaStatus.DELETED,
@@ -74,16 +191,136 @@ def test_status_changes_append_to_the_change_log(store: SqliteStore) -> None:
     ops = [(c.op, c.value) for c in store.changes(0, 100)]
     assert ops == [("add", pdq(3)), ("remove", pdq(3))]
     assert store.last_change() == 2
-    kinds = [e.kind for e in store.events(0, 100, None)]
-    assert kinds == ["member_created", "media_contributed", "media_withdrawn"]
+    events = store.events(0, 100, None)
+    assert [e.kind for e in events] == ["member_created", "media_contributed", "media_withdrawn"]
+    assert events[2].details == {"from": "active", "to": "deleted"}
+    assert events[2].media_id == done.media_id and events[2].member == "alice"
+    # A withdrawn value may be contributed again, as a new media.
+    [again] = store.contribute(alice, [NewSignal(Signal(pdq(3)), ("x",))])
+    assert again.created and again.media_id != done.media_id
 
 
-def test_members_and_keys(store: SqliteStore) -> None:
+def test_members_and_keys(store: Store) -> None:
     alice = store.create_member("alice", True)
     with pytest.raises(Conflict):
         store.create_member("alice", False)
+    assert store.get_member("alice") == alice and store.get_member("nobody") is None
     key = store.create_key(alice, "k1", b"\x01" * 32, frozenset({Role.MATCHER}))
     found = store.key_by_secret_hash(b"\x01" * 32)
     assert found == key and found.member.trusted_flagger
+    assert store.get_key("k1") == key and store.count_keys() == 1
     assert store.revoke_key("k1") and not store.revoke_key("k1")
-    assert store.key_by_secret_hash(b"\x01" * 32).revoked_at is not None
+    revoked = store.key_by_secret_hash(b"\x01" * 32)
+    assert revoked is not None and revoked.revoked_at is not None
+
+
+def _rows(values: list[int], labels: str = '["csam"]') -> list[tuple[str, bytes, int | None,
+                                                                      str, str | None]]:
+    return [("pdq", pdq(v).raw, 90, labels, "bulk") for v in values]
+
+
+def test_import_signals_is_bulk_and_idempotent(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    bob = store.create_member("bob", False)
+    [old] = store.contribute(alice, [NewSignal(Signal(pdq(5)), ("x",))])
+    batch = _rows([1, 2, 3, 2, 1, 4, 5])  # duplicates inside, and 5 already contributed
+    assert store.import_signals(alice, batch) == 4
+    assert store.import_signals(alice, batch) == 0  # a re-run creates nothing
+    assert store.import_signals(bob, _rows([1, 2])) == 2  # another member's own media
+    assert store.import_signals(alice, _rows([4, 6])) == 1
+
+    changes = store.changes(0, 100)
+    added = [c.value for c in changes if c.op == "add"]
+    assert sorted(v.raw for v in added) == sorted(
+        pdq(v).raw for v in [5, 1, 2, 3, 4, 1, 2, 6])
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    # Each imported value is a media of its own; contribute then sees it as existing.
+    again = store.contribute(alice, [NewSignal(Signal(pdq(v)), ("x",)) for v in [1, 2, 3, 4, 6]])
+    assert not any(o.created for o in again) and len({o.media_id for o in again}) == 5
+    assert old.media_id not in {o.media_id for o in again}
+    record = store.get_media(again[0].media_id)
+    assert record is not None and record.labels == ("csam",) and record.source == "bulk"
+    assert [s.quality for s in record.signals] == [90] and record.media_type == "hashes"
+    imports = [e for e in store.events(0, 100, None) if e.kind == "bulk_import"]
+    assert [e.details["created"] for e in imports] == [4, 2, 1]
+    first = imports[0].details
+    assert first["last_media_id"] - first["first_media_id"] == 3
+
+
+def test_import_signals_at_scale_then_signal_hits(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    labels = json.dumps(["terrorism"])
+    rows = _rows(list(range(20_000)), labels) + _rows(list(range(0, 20_000, 7)), labels)
+    assert store.import_signals(alice, rows) == 20_000
+    assert store.import_signals(alice, rows[:500]) == 0
+    change_rows = store.change_rows(0, 50_000)
+    assert len(change_rows) == 20_000
+    ids = [r[2] for r in change_rows[:3]] + [10**12]
+    hits = store.signal_hits(ids + ids)
+    assert sorted(hits) == sorted(ids[:3])
+    assert all(h.labels == ("terrorism",) and h.contributor == "alice" for h in hits.values())
+
+
+def test_change_rows_are_in_commit_order(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    [a] = store.contribute(alice, [NewSignal(Signal(pdq(1)), ("x",))])
+    store.import_signals(alice, _rows([2, 3]))
+    store.set_status(a.media_id, MediaStatus.DELETED,
+                     NewEvent("media_withdrawn", alice.id, a.media_id, alice.id))
+    store.contribute(alice, [NewSignal(Signal(HashValue("md5", b"\x07" * 16)), ("x",))])
+    rows = store.change_rows(0, 100)
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert len({r[0] for r in rows}) == len(rows)
+    assert [(op, t, v) for _, op, _, t, v in rows] == [
+        ("add", "pdq", pdq(1).raw), ("add", "pdq", pdq(2).raw), ("add", "pdq", pdq(3).raw),
+        ("remove", "pdq", pdq(1).raw), ("add", "md5", b"\x07" * 16),
+    ]
+    assert all(isinstance(v, bytes) for *_, v in rows)
+    # Paging by cursor gives the same rows, and a cursor at the end gives none.
+    paged = store.change_rows(0, 2) + store.change_rows(rows[1][0], 2)
+    paged += store.change_rows(paged[-1][0], 100)
+    assert [tuple(r) for r in paged] == [tuple(r) for r in rows]
+    assert store.change_rows(store.last_change(), 100) == []
+    assert [c.seq for c in store.changes(rows[2][0], 100)] == [r[0] for r in rows[3:]]
+
+
+def test_export_signals_pages_through_active_media(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    out = store.contribute(alice, [NewSignal(Signal(pdq(i), 80 + i), ("x", "y")) for i in range(5)])
+    store.set_status(out[1].media_id, MediaStatus.DELETED,
+                     NewEvent("media_withdrawn", alice.id, out[1].media_id, alice.id))
+    first = store.export_signals(0, 2)
+    rest = store.export_signals(first[-1][0].signal_id, 100)
+    exported = first + rest
+    assert [hit.value for hit, _ in exported] == [pdq(i) for i in (0, 2, 3, 4)]
+    assert [q for _, q in exported] == [80, 82, 83, 84]
+    hit = exported[0][0]
+    assert hit.labels == ("x", "y") and hit.contributor == "alice"
+    assert hit.status is MediaStatus.ACTIVE and hit.contributor_id == alice.id
+    assert store.export_signals(exported[-1][0].signal_id, 100) == []
+
+
+def test_store_id_is_stable_across_reopen(store: Store, backend: Backend) -> None:
+    first = store.store_id()
+    assert len(first) == 32 and int(first, 16) >= 0
+    other = backend.open()
+    try:
+        other.migrate()
+        assert other.store_id() == first
+    finally:
+        other.close()
+
+
+def test_events_are_filtered_per_member(store: Store) -> None:
+    alice = store.create_member("alice", False)
+    bob = store.create_member("bob", False)
+    [a] = store.contribute(alice, [NewSignal(Signal(pdq(1)), ("x",))])
+    store.log_events([NewEvent("match", bob.id, a.media_id, alice.id, {"distance": 3})])
+    store.log_events([])
+    alice_sees = [(e.kind, e.member) for e in store.events(0, 100, alice.id)]
+    assert alice_sees == [("member_created", "alice"), ("media_contributed", "alice"),
+                          ("match", "bob")]
+    bob_sees = store.events(0, 100, bob.id)
+    assert [e.kind for e in bob_sees] == ["member_created", "match"]
+    assert bob_sees[1].details == {"distance": 3}
+    assert store.events(bob_sees[-1].id, 100, None) == []

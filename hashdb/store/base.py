@@ -86,9 +86,9 @@ class Store(Protocol):
 def open_store(database_url: str | None, data_dir: Path) -> Store:
     """The store a URL names; with no URL, SQLite in the data directory."""
     if database_url and database_url.startswith(("postgres://", "postgresql://")):
-        from hashdb.store.postgres import PostgresStore  # type: ignore[import-not-found]
+        from hashdb.store.postgres import PostgresStore
 
-        return PostgresStore(database_url)  # type: ignore[no-any-return]
+        return PostgresStore(database_url)
     from hashdb.store.sqlite import SqliteStore
 
     if database_url:
