@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -163,3 +164,25 @@ class NewEvent:
     media_id: int | None = None
     owner_id: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportGroup:
+    """Hash values that share everything but the value, packed for bulk import:
+    `values` is `count` raw values of `nbytes` each, back to back."""
+
+    type: str
+    nbytes: int
+    quality: int | None
+    labels_json: str
+    source: str | None
+    values: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.values) // self.nbytes
+
+    def rows(self) -> Iterator[tuple[str, bytes, int | None, str, str | None]]:
+        n = self.nbytes
+        for i in range(0, len(self.values), n):
+            yield self.type, self.values[i : i + n], self.quality, self.labels_json, self.source

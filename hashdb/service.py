@@ -30,6 +30,7 @@ from hashdb.models import (
     Change,
     Contributed,
     Event,
+    ImportGroup,
     MediaRecord,
     MediaStatus,
     Member,
@@ -105,6 +106,31 @@ class Match:
 class MatchResult:
     matches: list[Match] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+class ImportSession:
+    """Remembers what one bulk import has written so far, so that the chunks of a
+    member's first import need no per-value lookup in the store: a chunk is new if
+    the member had nothing before the import and no value of the chunk was in an
+    earlier chunk (checked on 64-bit prefixes, 8 bytes a value; a prefix seen
+    before sends the whole chunk through the store's exact check). A concurrent
+    contribution of the same value by the same member during its first import may
+    then be stored twice; it is still matched once per media."""
+
+    def __init__(self, member_was_empty: bool) -> None:
+        self.member_was_empty = member_was_empty
+        self._seen: list[np.ndarray] = []
+
+    def proves_new(self, groups: Sequence[ImportGroup]) -> bool:
+        prefixes = np.concatenate(
+            [np.frombuffer(g.values, np.uint8).reshape(-1, g.nbytes)[:, :8].copy().view("<u8")
+             .ravel() for g in groups]
+        ) if groups else np.zeros(0, np.uint64)
+        fresh = self.member_was_empty and not any(
+            np.isin(prefixes, seen, assume_unique=False).any() for seen in self._seen
+        )
+        self._seen.append(np.unique(prefixes))
+        return fresh
 
 
 class HashItem(NamedTuple):
@@ -324,19 +350,28 @@ class Service:
             results.append(outcome)
         return results
 
-    def import_hashes(self, caller: Caller, items: Sequence[HashItem]) -> tuple[int, int, int]:
+    def start_import(self, caller: Caller) -> ImportSession:
+        """State shared by the chunks of one bulk import (see `import_hashes`)."""
+        _require(caller, Role.CONTRIBUTOR)
+        return ImportSession(member_was_empty=not self.store.member_has_signals(caller.member))
+
+    def import_hashes(
+        self, caller: Caller, items: Sequence[HashItem], session: ImportSession | None = None
+    ) -> tuple[int, int, int]:
         """Bulk path for large hash lists: (created, already present, rejected).
 
         Items that belong to a media with several signals (media_key or timestamp)
         go through `contribute_hashes`; the rest are validated in one tight loop and
         written set-based. Low-quality items are rejected, as in `contribute_hashes`.
+        With a `session`, a member's first import skips the per-value existence check
+        in the store whenever the session proves the chunk new.
         """
         _require(caller, Role.CONTRIBUTOR)
         grouped = [i for i in items if i.media_key is not None or i.timestamp is not None]
-        rows: list[tuple[str, bytes, int | None, str, str | None]] = []
+        packs: dict[tuple[str, int | None, str, str | None], list[bytes]] = {}
         labels_json: dict[tuple[str, ...], str] = {}
         types: dict[str, SignalType] = {}
-        rejected = 0
+        rejected = accepted = 0
         for item in items:
             if item.media_key is not None or item.timestamp is not None:
                 continue
@@ -350,11 +385,17 @@ class Service:
             if item.quality is not None and _low_quality(st.name, item.quality, None):
                 rejected += 1
                 continue
-            rows.append((st.name, raw, item.quality, labels_json[key],
-                         None if item.source is None
-                         else _optional_text(item.source, "source", 200)))
-        created = self.store.import_signals(caller.member, rows) if rows else 0
-        existing = len(rows) - created
+            source = None if item.source is None else _optional_text(item.source, "source", 200)
+            packs.setdefault((st.name, item.quality, labels_json[key], source), []).append(raw)
+            accepted += 1
+        groups = [
+            ImportGroup(name, types[name].nbytes, quality, labels, source, b"".join(values))
+            for (name, quality, labels, source), values in packs.items()
+        ]
+        del packs
+        check = session is None or not session.proves_new(groups)
+        created = self.store.import_signals(caller.member, groups, check) if groups else 0
+        existing = accepted - created
         if grouped:
             for o in self.contribute_hashes(caller, grouped):
                 if o.error is not None:

@@ -78,6 +78,7 @@ def import_file(
     if service.store.get_member(member) is None:
         service.store.create_member(member, False)
     caller = service.acting_as(member, [Role.CONTRIBUTOR])
+    session = service.start_import(caller)
     fmt = _detect(path) if fmt == "auto" else fmt
     created = existing = rejected = 0
     with open(path, encoding="utf-8") as lines, tqdm(
@@ -90,7 +91,7 @@ def import_file(
             if not chunk:
                 break
             try:
-                made, had, refused = service.import_hashes(caller, chunk)
+                made, had, refused = service.import_hashes(caller, chunk, session)
             except HashdbError as exc:
                 raise InvalidRequest(f"import stopped: {exc.message}", **exc.details) from exc
             created, existing, rejected = created + made, existing + had, rejected + refused

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from hashdb.errors import Conflict
-from hashdb.models import MediaStatus, NewEvent, NewSignal, Role
+from hashdb.models import ImportGroup, MediaStatus, NewEvent, NewSignal, Role
 from hashdb.signals import HashValue, Signal
 from hashdb.store import Store
 from hashdb.store.sqlite import SqliteStore, migrations
@@ -214,9 +214,9 @@ def test_members_and_keys(store: Store) -> None:
     assert revoked is not None and revoked.revoked_at is not None
 
 
-def _rows(values: list[int], labels: str = '["csam"]') -> list[tuple[str, bytes, int | None,
-                                                                      str, str | None]]:
-    return [("pdq", pdq(v).raw, 90, labels, "bulk") for v in values]
+def _rows(values: list[int], labels: str = '["csam"]') -> list[ImportGroup]:
+    """One packed group of pdq values (duplicates allowed)."""
+    return [ImportGroup("pdq", 32, 90, labels, "bulk", b"".join(pdq(v).raw for v in values))]
 
 
 def test_import_signals_is_bulk_and_idempotent(store: Store) -> None:
@@ -252,7 +252,7 @@ def test_import_signals_at_scale_then_signal_hits(store: Store) -> None:
     labels = json.dumps(["terrorism"])
     rows = _rows(list(range(20_000)), labels) + _rows(list(range(0, 20_000, 7)), labels)
     assert store.import_signals(alice, rows) == 20_000
-    assert store.import_signals(alice, rows[:500]) == 0
+    assert store.import_signals(alice, _rows(list(range(500)), labels)) == 0
     change_rows = store.change_rows(0, 50_000)
     assert len(change_rows) == 20_000
     ids = [r[2] for r in change_rows[:3]] + [10**12]

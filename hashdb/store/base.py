@@ -11,6 +11,7 @@ from hashdb.models import (
     Change,
     Contributed,
     Event,
+    ImportGroup,
     MediaRecord,
     MediaStatus,
     Member,
@@ -58,8 +59,10 @@ class Store(Protocol):
     ) -> list[Contributed]: ...
 
     def import_signals(
-        self, member: Member, rows: Sequence[tuple[str, bytes, int | None, str, str | None]]
+        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
     ) -> int: ...
+
+    def member_has_signals(self, member: Member) -> bool: ...
 
     def get_media(self, media_id: int) -> MediaRecord | None: ...
 

@@ -45,6 +45,7 @@ from hashdb.models import (
     Change,
     Contributed,
     Event,
+    ImportGroup,
     MediaRecord,
     MediaStatus,
     Member,
@@ -297,8 +298,15 @@ class PostgresStore:
             _insert_events(db, events, at)
         return results
 
+    def member_has_signals(self, member: Member) -> bool:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM signal WHERE member_id = %s LIMIT 1", (member.id,)
+            ).fetchone()
+        return row is not None
+
     def import_signals(
-        self, member: Member, rows: Sequence[tuple[str, bytes, int | None, str, str | None]]
+        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
     ) -> int:
         """Bulk contribution of (type, value, quality, labels_json, source) rows, each its
         own media: COPY into a temporary table, then set-based inserts. Idempotent like
@@ -314,13 +322,14 @@ class PostgresStore:
             # for the set-based part.
             with db.cursor().copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "bytea", "int4", "text", "text"])
-                for r in rows:
-                    copy.write_row(r)
+                for group in groups:
+                    for r in group.rows():
+                        copy.write_row(r)
             db.execute("ANALYZE incoming")
             db.execute(_LOCK_SQL, (_CHANGE_LOCK,))
             # A member's first import has nothing to be idempotent against: skip the
             # per-row existence probe.
-            has_any = db.execute(
+            has_any = check_existing and db.execute(
                 "SELECT 1 FROM signal WHERE member_id = %s LIMIT 1", (member.id,)
             ).fetchone()
             existing_filter = (

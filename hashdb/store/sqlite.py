@@ -22,6 +22,7 @@ from hashdb.models import (
     Change,
     Contributed,
     Event,
+    ImportGroup,
     MediaRecord,
     MediaStatus,
     Member,
@@ -242,13 +243,18 @@ class SqliteStore:
             _insert_events(db, events, at)
         return results
 
+    def member_has_signals(self, member: Member) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM signal WHERE member_id = ? LIMIT 1", (member.id,)
+        ).fetchone()
+        return row is not None
+
     def import_signals(
-        self, member: Member, rows: Sequence[tuple[str, bytes, int | None, str, str | None]]
+        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
     ) -> int:
-        """Bulk contribution of (type, value, quality, labels_json, source) rows, each its
-        own media, set-based rather than row by row. Idempotent like `contribute`:
-        values this member already has (or repeats within `rows`) are skipped.
-        Returns how many were created."""
+        """Bulk contribution: each value its own media, written set-based rather than
+        row by row. Idempotent like `contribute`: values this member already has (or
+        repeats within the groups) are skipped. Returns how many were created."""
         at = now()
         # Bulk writes touch index pages all over the file: give this connection a
         # large page cache (2 GiB) instead of the 2 MiB default, so each page is
@@ -260,24 +266,34 @@ class SqliteStore:
                 "(type TEXT, value BLOB, quality INTEGER, labels TEXT, source TEXT)"
             )
             db.execute("DELETE FROM incoming")
-            db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?, ?)", rows)
+            for group in groups:
+                # One blob per group, cut into values by SQLite: ~7x faster than
+                # binding a million rows one by one.
+                db.execute(
+                    "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k "
+                    "WHERE i + 1 < ?) INSERT INTO incoming "
+                    "SELECT ?, substr(?, i * ? + 1, ?), ?, ?, ? FROM k",
+                    (group.count, group.type, group.values, group.nbytes, group.nbytes,
+                     group.quality, group.labels_json, group.source),
+                )
             db.execute("DROP TABLE IF EXISTS temp.fresh")
             # A member's first import has nothing to be idempotent against: skip the
-            # per-row existence probe (the costliest step at millions of rows).
-            has_any = db.execute(
+            # per-row existence probe. Otherwise probe in value order (after the
+            # GROUP BY), which walks the index in order instead of at random.
+            has_any = check_existing and db.execute(
                 "SELECT 1 FROM signal WHERE member_id = ? LIMIT 1", (member.id,)
             ).fetchone()
             existing_filter = (
                 "WHERE NOT EXISTS (SELECT 1 FROM signal s JOIN media m ON m.id = s.media_id"
-                " WHERE s.member_id = ? AND s.type = i.type AND s.value = i.value"
+                " WHERE s.member_id = ? AND s.type = g.type AND s.value = g.value"
                 " AND m.status != 'deleted')"
                 if has_any else "WHERE ? IS NOT NULL"
             )
             db.execute(
-                "CREATE TEMP TABLE fresh AS SELECT row_number() OVER () AS n, * FROM ("
+                "CREATE TEMP TABLE fresh AS SELECT row_number() OVER () AS n, g.* FROM ("
                 " SELECT i.type, i.value, min(i.quality) AS quality, min(i.labels) AS labels,"
-                f" min(i.source) AS source FROM incoming i {existing_filter}"
-                " GROUP BY i.type, i.value)",
+                " min(i.source) AS source FROM incoming i GROUP BY i.type, i.value"
+                f" ORDER BY i.type, i.value) g {existing_filter}",
                 (member.id,),
             )
             created = int(db.execute("SELECT count(*) FROM fresh").fetchone()[0])
