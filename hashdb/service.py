@@ -122,15 +122,33 @@ class ImportSession:
         self._seen: list[np.ndarray] = []
 
     def proves_new(self, groups: Sequence[ImportGroup]) -> bool:
-        prefixes = np.concatenate(
-            [np.frombuffer(g.values, np.uint8).reshape(-1, g.nbytes)[:, :8].copy().view("<u8")
-             .ravel() for g in groups]
-        ) if groups else np.zeros(0, np.uint64)
-        fresh = self.member_was_empty and not any(
-            np.isin(prefixes, seen, assume_unique=False).any() for seen in self._seen
+        """True if every value of `groups` is new for the member and distinct."""
+        prefixes = np.concatenate([_prefixes(g) for g in groups]) if groups else _NO_PREFIXES
+        unique = np.unique(prefixes)
+        fresh = (
+            self.member_was_empty
+            and len(unique) == len(prefixes)
+            and not any(np.isin(unique, seen, assume_unique=True).any() for seen in self._seen)
         )
-        self._seen.append(np.unique(prefixes))
+        self._seen.append(unique)
         return fresh
+
+
+_NO_PREFIXES = np.zeros(0, np.uint64)
+
+
+def _prefixes(group: ImportGroup) -> np.ndarray:
+    rows = np.frombuffer(group.values, np.uint8).reshape(-1, group.nbytes)
+    return np.ascontiguousarray(rows[:, :8]).view(">u8").ravel()
+
+
+def _sorted_by_value(group: ImportGroup) -> ImportGroup:
+    """The same group with its values in ascending order: B-tree inserts then walk
+    the value index in order instead of at random."""
+    rows = np.frombuffer(group.values, np.uint8).reshape(-1, group.nbytes)
+    order = np.argsort(_prefixes(group), kind="stable")
+    return ImportGroup(group.type, group.nbytes, group.quality, group.labels_json,
+                       group.source, rows[order].tobytes())
 
 
 class HashItem(NamedTuple):
@@ -389,7 +407,9 @@ class Service:
             packs.setdefault((st.name, item.quality, labels_json[key], source), []).append(raw)
             accepted += 1
         groups = [
-            ImportGroup(name, types[name].nbytes, quality, labels, source, b"".join(values))
+            _sorted_by_value(
+                ImportGroup(name, types[name].nbytes, quality, labels, source, b"".join(values))
+            )
             for (name, quality, labels, source), values in packs.items()
         ]
         del packs

@@ -1,349 +1,64 @@
 """Exact Hamming range search at ten million hashes: multi-index hashing (MIH).
 
-Why it is exact. Each hash is cut into `m` disjoint substrings of `w` bits
-(bits past `m * w` are not indexed but are still counted when verifying). If a
-stored hash is within `r` bits of a query, the `m` substring distances sum to
-at most `r`, so by pigeonhole one of them is at most `floor(r / m)`. Probing
-every table with every key within that radius of the query's substring finds
-every hash within `r`; each candidate is then verified on all bits. A candidate
-is reported only from the first table whose substring is within the radius, so
-nothing is reported twice.
+Why it is exact. The bit positions of a hash are cut into `m` disjoint
+substrings of `w` bits (which bits form which substring is a fixed per-index
+permutation, `bit_order`; bits left out of every substring are still counted
+when verifying). If a stored hash is within `r` bits of a query, the `m`
+substring distances sum to at most `r`, so by pigeonhole one of them is at most
+`floor(r / m)`. Probing every table with every key within that radius of the
+query's substring finds every hash within `r`; each candidate is then verified
+on all bits, and each (query, hash) pair is reported once.
 
-Layout. A table is a direct-address array of bucket offsets (`2**w + 1` uint32)
-and the base rows sorted by bucket (`n` uint32). `w ~ log2(n)` keeps about one
-hash per bucket: at 10M, 11 tables of 23 bits, radius 2, 277 keys per table,
-~3,000 probes and ~3,600 candidates per query, ~122 bytes per hash in all.
+Layout (`mih_layout`). A table is a direct-address array of bucket offsets
+(`2**w + 1` uint32) and the base rows sorted by bucket (`n` uint32). `w ~
+log2(n)` keeps about one hash per bucket: at 10M, 11 tables of 23 bits, radius
+2, 277 keys per table, ~3,000 probes and ~3,600 candidates per query, ~122
+bytes per hash in all. Real PDQ bits are correlated, which crowds buckets when
+correlated bits share a substring; the bit order, chosen on the data at each
+build, spreads them out.
 
-Speed. Probes and candidates are random reads of a gigabyte; one query at a
-time is bound by cache misses. A batch is processed table by table: its probe
-keys are bucketed by key range and its candidates by row range before they are
-read, so each step reads a slice of memory that fits in cache.
+Speed (`mih_kernels`). Probes and candidates are random reads of a gigabyte.
+A batch collects the candidates of all tables, reading each table's offsets and
+rows in key order, then verifies them grouped by row, so memory is streamed
+about once per batch rather than read at random.
 
 Writes. The big immutable `_Base` (sorted by id) takes removals as a tombstone
 mask; additions go to a small `_Delta` searched by brute force. When the delta
 passes `merge_threshold`, a background thread builds a new base (with a layout
-chosen for the new size) and swaps it in; ids written during the merge are
-logged and re-applied at the swap. Searches take a snapshot of references under
-the lock and run without it.
+and bit order chosen for the new data) and swaps it in; ids written during the
+merge are logged and re-applied at the swap. Searches take a snapshot of
+references under the lock and run without it.
 """
-
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
+from hashdb.index import mih_kernels as kernels
 from hashdb.index.base import Hits, as_hash_matrix
+from hashdb.index.mih_layout import (
+    BRUTE_FORCE,
+    Layout,
+    brute_force_cost,
+    choose_bit_order,
+    choose_layout,
+    flip_masks,
+    key_lut,
+)
 from hashdb.signals import SignalType
 
 log = logging.getLogger(__name__)
 
-_BATCH = 16384  # queries processed together (~130 MB of buffers at 10M); denser reads
 _BATCHED_FROM = 32  # below this many queries, probe one query at a time
-_KEY_BLOCK_BITS = 14  # probe keys bucketed by 16K-key ranges: 64 KB of offsets
-_ROW_BLOCK_BITS = 15  # candidates bucketed by 32K-row ranges: 1 MB of hashes
-_MAX_OFFSET_BYTES_PER_HASH = 48  # memory cap on the direct-address offsets
-_SNAPSHOT_VERSION = 1
-
-
-# ---------------------------------------------------------------- kernels
-
-
-@intrinsic
-def _popcount(typingctx, x):  # type: ignore[no-untyped-def]
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ctpop.i64")
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@njit(inline="always")
-def _distance(a, b):  # type: ignore[no-untyped-def]
-    d = np.uint64(0)
-    for k in range(a.shape[0]):
-        d += _popcount(a[k] ^ b[k])
-    return np.int64(d)
-
-
-@njit(inline="always")
-def _substring(h, start, width):  # type: ignore[no-untyped-def]
-    word = start >> 6
-    off = start & 63
-    v = h[word] >> np.uint64(off)
-    if off + width > 64:
-        v |= h[word + 1] << np.uint64(64 - off)
-    return v & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
-
-
-@njit(inline="always")
-def _found_earlier(h, qkeys, table, width, radius):  # type: ignore[no-untyped-def]
-    """True if an earlier table also finds this pair: it is reported there."""
-    for t in range(table):
-        if np.int64(_popcount(_substring(h, t * width, width) ^ qkeys[t])) <= radius:
-            return True
-    return False
-
-
-@njit(inline="always")
-def _grow(a, need):  # type: ignore[no-untyped-def]
-    if need <= a.shape[0]:
-        return a
-    b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@njit(cache=True, nogil=True)
-def _build_tables(h64, m, width, offsets, rows):  # type: ignore[no-untyped-def]
-    """Counting sort of the rows by each substring: bucket k of table t is
-    rows[t, offsets[t, k]:offsets[t, k + 1]], in increasing row order."""
-    n = h64.shape[0]
-    keys = np.empty(n, np.uint32)
-    nkeys = offsets.shape[1] - 1
-    for t in range(m):
-        off = offsets[t]
-        off[:] = 0
-        for i in range(n):
-            k = np.int64(_substring(h64[i], t * width, width))
-            keys[i] = k
-            off[k + 1] += 1
-        for k in range(nkeys):
-            off[k + 1] += off[k]
-        pos = off[:nkeys].copy()
-        for i in range(n):
-            k = np.int64(keys[i])
-            rows[t, pos[k]] = i
-            pos[k] += 1
-
-
-@njit(cache=True, nogil=True)
-def _brute_force(q64, h64, dead, r):  # type: ignore[no-untyped-def]
-    """Every live row within r of every query, in row tiles that stay in cache."""
-    out_q = np.empty(1024, np.int64)
-    out_r = np.empty(1024, np.int64)
-    out_d = np.empty(1024, np.int32)
-    found = 0
-    n = h64.shape[0]
-    tile = 4096
-    for lo in range(0, n, tile):
-        hi = min(n, lo + tile)
-        for b in range(q64.shape[0]):
-            q = q64[b]
-            for i in range(lo, hi):
-                d = _distance(h64[i], q)
-                if d <= r and not dead[i]:
-                    if found == out_q.shape[0]:
-                        out_q = _grow(out_q, found + 1)
-                        out_r = _grow(out_r, found + 1)
-                        out_d = _grow(out_d, found + 1)
-                    out_q[found] = b
-                    out_r[found] = i
-                    out_d[found] = d
-                    found += 1
-    return out_q[:found], out_r[:found], out_d[:found]
-
-
-@njit(cache=True, nogil=True)
-def _probe_each(q64, h64, dead, offsets, rows, width, masks, r):  # type: ignore[no-untyped-def]
-    """MIH one query at a time: lowest latency for a handful of queries."""
-    m = offsets.shape[0]
-    radius = r // m
-    out_q = np.empty(1024, np.int64)
-    out_r = np.empty(1024, np.int64)
-    out_d = np.empty(1024, np.int32)
-    found = 0
-    qkeys = np.empty(m, np.uint64)
-    for b in range(q64.shape[0]):
-        q = q64[b]
-        for t in range(m):
-            qkeys[t] = _substring(q, t * width, width)
-        for t in range(m):
-            off = offsets[t]
-            trows = rows[t]
-            for p in range(masks.shape[0]):
-                key = np.int64(qkeys[t] ^ masks[p])
-                for j in range(off[key], off[key + 1]):
-                    row = trows[j]
-                    h = h64[row]
-                    d = _distance(h, q)
-                    if d > r or dead[row] or _found_earlier(h, qkeys, t, width, radius):
-                        continue
-                    if found == out_q.shape[0]:
-                        out_q = _grow(out_q, found + 1)
-                        out_r = _grow(out_r, found + 1)
-                        out_d = _grow(out_d, found + 1)
-                    out_q[found] = b
-                    out_r[found] = row
-                    out_d[found] = d
-                    found += 1
-    return out_q[:found], out_r[:found], out_d[:found]
-
-
-@njit(cache=True, nogil=True)
-def _probe_batched(q64, h64, dead, offsets, rows, width, masks, r):  # type: ignore[no-untyped-def]
-    """MIH for a batch, table by table, reading memory in blocks that fit in cache:
-    probes are bucketed by key block before reading offsets, candidates by row
-    block before reading hashes."""
-    m = offsets.shape[0]
-    radius = r // m
-    nq = q64.shape[0]
-    nmasks = masks.shape[0]
-    n = h64.shape[0]
-    key_shift = min(width, _KEY_BLOCK_BITS)
-    nkey_blocks = 1 << (width - key_shift)
-    nrow_blocks = (n >> _ROW_BLOCK_BITS) + 1
-    qkeys = np.empty((nq, m), np.uint64)
-    for b in range(nq):
-        for t in range(m):
-            qkeys[b, t] = _substring(q64[b], t * width, width)
-    nprobes = nq * nmasks
-    probe_key = np.empty(nprobes, np.uint32)
-    probe_q = np.empty(nprobes, np.uint32)
-    cand_row = np.empty(1024, np.uint32)
-    cand_q = np.empty(1024, np.uint32)
-    sorted_row = np.empty(1024, np.uint32)
-    sorted_q = np.empty(1024, np.uint32)
-    out_q = np.empty(1024, np.int64)
-    out_r = np.empty(1024, np.int64)
-    out_d = np.empty(1024, np.int32)
-    found = 0
-    for t in range(m):
-        off = offsets[t]
-        trows = rows[t]
-        # 1. probe keys, bucketed by key block
-        counts = np.zeros(nkey_blocks + 1, np.int64)
-        for b in range(nq):
-            qk = qkeys[b, t]
-            for p in range(nmasks):
-                counts[(np.int64(qk ^ masks[p]) >> key_shift) + 1] += 1
-        for k in range(nkey_blocks):
-            counts[k + 1] += counts[k]
-        for b in range(nq):
-            qk = qkeys[b, t]
-            for p in range(nmasks):
-                key = np.int64(qk ^ masks[p])
-                blk = key >> key_shift
-                pos = counts[blk]
-                probe_key[pos] = key
-                probe_q[pos] = b
-                counts[blk] = pos + 1
-        # 2. candidates: read offsets and rows in key order
-        ncand = 0
-        for i in range(nprobes):
-            key = np.int64(probe_key[i])
-            ncand += off[key + 1] - off[key]
-        cand_row = _grow(cand_row, ncand)
-        cand_q = _grow(cand_q, ncand)
-        sorted_row = _grow(sorted_row, ncand)
-        sorted_q = _grow(sorted_q, ncand)
-        c = 0
-        for i in range(nprobes):
-            key = np.int64(probe_key[i])
-            b = probe_q[i]
-            for j in range(off[key], off[key + 1]):
-                cand_row[c] = trows[j]
-                cand_q[c] = b
-                c += 1
-        # 3. candidates bucketed by row block
-        rcounts = np.zeros(nrow_blocks + 1, np.int64)
-        for i in range(ncand):
-            rcounts[(cand_row[i] >> _ROW_BLOCK_BITS) + 1] += 1
-        for k in range(nrow_blocks):
-            rcounts[k + 1] += rcounts[k]
-        for i in range(ncand):
-            blk = cand_row[i] >> _ROW_BLOCK_BITS
-            pos = rcounts[blk]
-            sorted_row[pos] = cand_row[i]
-            sorted_q[pos] = cand_q[i]
-            rcounts[blk] = pos + 1
-        # 4. verify on all bits
-        for i in range(ncand):
-            row = sorted_row[i]
-            b = sorted_q[i]
-            h = h64[row]
-            d = _distance(h, q64[b])
-            if d > r or dead[row] or _found_earlier(h, qkeys[b], t, width, radius):
-                continue
-            if found == out_q.shape[0]:
-                out_q = _grow(out_q, found + 1)
-                out_r = _grow(out_r, found + 1)
-                out_d = _grow(out_d, found + 1)
-            out_q[found] = b
-            out_r[found] = row
-            out_d[found] = d
-            found += 1
-    return out_q[:found], out_r[:found], out_d[:found]
-
-
-# ---------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """`substrings` tables of `width` bits each; 0 substrings means brute force."""
-
-    substrings: int
-    width: int
-
-    def radius(self, max_distance: int) -> int:
-        return max_distance // self.substrings
-
-    def probes(self, max_distance: int) -> int:
-        radius = min(self.radius(max_distance), self.width)
-        return self.substrings * sum(math.comb(self.width, i) for i in range(radius + 1))
-
-    def cost(self, n: int, max_distance: int) -> float:
-        """Expected memory reads per query: probes plus candidates."""
-        probes = self.probes(max_distance)
-        return probes * (1.0 + n / 2.0**self.width)
-
-
-BRUTE_FORCE = Layout(0, 0)
-# A sequential popcount over one row costs about a sixth of a random read.
-_BRUTE_COST_PER_ROW = 1 / 6
-
-
-def brute_force_cost(n: int) -> float:
-    return n * _BRUTE_COST_PER_ROW
-
-
-def choose_layout(n: int, bits: int, max_distance: int) -> Layout:
-    """The cheapest exact layout for `n` hashes at `max_distance`, within the
-    memory cap on offsets; brute force if nothing beats a scan."""
-    best, best_cost = BRUTE_FORCE, brute_force_cost(n)
-    for width in range(4, min(bits, 30) + 1):
-        layout = Layout(bits // width, width)
-        offset_bytes = layout.substrings * 4 * (2**width + 1)
-        if offset_bytes > max(_MAX_OFFSET_BYTES_PER_HASH * n, 1 << 20):
-            continue
-        cost = layout.cost(n, max_distance)
-        if cost < best_cost:
-            best, best_cost = layout, cost
-    return best
-
-
-def flip_masks(width: int, radius: int) -> np.ndarray:
-    """Every `width`-bit mask with at most `radius` bits set."""
-    masks = [
-        sum(1 << b for b in bits)
-        for k in range(min(radius, width) + 1)
-        for bits in combinations(range(width), k)
-    ]
-    return np.array(masks, dtype=np.uint64)
+# Candidates held by one batch (16 bytes each while grouping): bounds a search's
+# memory to ~256 MB whatever the data; more candidates per batch, more reuse.
+_BATCH_CANDIDATES = 16_000_000
+_SNAPSHOT_VERSION = 2  # v2: the bit order of the substrings is stored
 
 
 # ---------------------------------------------------------------- storage
@@ -359,15 +74,35 @@ class _Base:
     dead: np.ndarray  # (n,) bool tombstones
     offsets: np.ndarray  # (m, 2**w + 1) uint32
     rows: np.ndarray  # (m, n) uint32
+    bit_order: np.ndarray  # (bits,) int16: hash bit at each key position
+    lut: np.ndarray  # key_lut(bit_order)
+    # Sizes the batches: estimated from the bucket sizes (as if every probe hit
+    # the bucket of a stored hash: an overestimate), then as measured.
+    candidates_per_probe: float = 1.0
 
     @classmethod
-    def build(cls, layout: Layout, hashes: np.ndarray, ids: np.ndarray) -> _Base:
+    def build(
+        cls, layout: Layout, hashes: np.ndarray, ids: np.ndarray, order: np.ndarray | None = None
+    ) -> _Base:
         m, n = layout.substrings, len(ids)
+        if order is None:
+            order = choose_bit_order(hashes, layout)
+        lut = key_lut(order)
         offsets = np.empty((m, (1 << layout.width) + 1 if m else 0), np.uint32)
         rows = np.empty((m, n), np.uint32)
         if m and n:
-            _build_tables(hashes, m, layout.width, offsets, rows)
-        return cls(layout, hashes, ids, np.zeros(n, bool), offsets, rows)
+            identity = np.array_equal(order, np.arange(len(order)))
+            keys = hashes if identity else kernels.key_words(hashes, lut)
+            kernels.build_tables(keys, m, layout.width, offsets, rows)
+        base = cls(layout, hashes, ids, np.zeros(n, bool), offsets, rows, order, lut)
+        base.estimate_candidates()
+        return base
+
+    def estimate_candidates(self) -> None:
+        n, m = len(self.ids), self.layout.substrings
+        if n and m:
+            sizes = np.diff(self.offsets, axis=1).astype(np.float64)
+            self.candidates_per_probe = float(np.einsum("ij,ij->", sizes, sizes)) / (n * m)
 
     @classmethod
     def empty(cls, words: int) -> _Base:
@@ -619,7 +354,7 @@ class MultiIndexHammingIndex:
             qs, rows, dist = self._search_base(base, q64, r)
             parts.append((qs, base.ids[rows], dist))
         if size and len(q64):
-            qs, slots, dist = _brute_force(q64, delta.hashes[:size], delta.dead[:size], r)
+            qs, slots, dist = kernels.brute_force(q64, delta.hashes[:size], delta.dead[:size], r)
             parts.append((qs, delta.ids[slots], dist))
         return _hits(len(q64), parts)
 
@@ -628,15 +363,22 @@ class MultiIndexHammingIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         layout, n = base.layout, len(base.ids)
         if not layout.substrings or layout.cost(n, r) >= brute_force_cost(n):
-            return _brute_force(q64, base.hashes, base.dead, r)  # type: ignore[no-any-return]
+            return kernels.brute_force(q64, base.hashes, base.dead, r)  # type: ignore[no-any-return]
         masks = flip_masks(layout.width, layout.radius(r))
-        args = (base.hashes, base.dead, base.offsets, base.rows, layout.width, masks, r)
+        args = (base.hashes, base.dead, base.offsets, base.rows, base.lut, layout.width, masks, r)
         if len(q64) < _BATCHED_FROM:
-            return _probe_each(q64, *args)  # type: ignore[no-any-return]
-        parts = []
-        for lo in range(0, len(q64), _BATCH):
-            qs, rows, dist = _probe_batched(q64[lo : lo + _BATCH], *args)
+            return kernels.probe_each(q64, *args)  # type: ignore[no-any-return]
+        probes = layout.probes(r)
+        parts, lo = [], 0
+        while lo < len(q64):
+            per_query = max(1.0, base.candidates_per_probe * probes)
+            batch = int(max(_BATCHED_FROM, _BATCH_CANDIDATES // per_query))
+            batch = min(batch, kernels.MAX_QUERIES)
+            chunk = q64[lo : lo + batch]
+            qs, rows, dist, ncand = kernels.probe_batched(chunk, *args)
             parts.append((qs + lo, rows, dist))
+            base.candidates_per_probe = ncand / (len(chunk) * probes)
+            lo += batch
         return tuple(np.concatenate(a) for a in zip(*parts, strict=True))  # type: ignore[return-value]
 
     def __len__(self) -> int:
@@ -678,6 +420,7 @@ class MultiIndexHammingIndex:
             "dead": base_dead,
             "offsets": base.offsets,
             "rows": base.rows,
+            "bit_order": base.bit_order,
             "delta_ids": delta.ids[:size][live],
             "delta_hashes": delta.hashes[:size][live],
         }
@@ -693,6 +436,7 @@ class MultiIndexHammingIndex:
             version, bits, hint, m, width = (int(v) for v in snap["meta"])
             if version != _SNAPSHOT_VERSION or bits != self.signal_type.bits:
                 raise ValueError(f"{path}: not a {self.signal_type.name} MIH snapshot v{version}")
+            order = snap["bit_order"]
             base = _Base(
                 Layout(m, width),
                 snap["hashes"],
@@ -700,7 +444,10 @@ class MultiIndexHammingIndex:
                 snap["dead"],
                 snap["offsets"],
                 snap["rows"],
+                order,
+                key_lut(order),
             )
+            base.estimate_candidates()
             delta = _Delta.empty(self._words).append(snap["delta_ids"], snap["delta_hashes"])
         with self._lock:
             self._base, self._delta, self._hint = base, delta, hint
@@ -710,8 +457,9 @@ class MultiIndexHammingIndex:
         """Compile (or load from numba's cache) every kernel on a tiny index."""
         rng = np.random.default_rng(0)
         h = rng.integers(0, 2**63, size=(64, self._words), dtype=np.int64).view(np.uint64)
-        base = _Base.build(Layout(self.signal_type.bits // 16, 16), h, np.arange(64))
+        layout = Layout(self.signal_type.bits // 16, 16)
+        order = rng.permutation(self.signal_type.bits).astype(np.int16)
+        base = _Base.build(layout, h, np.arange(64), order)
         for nq in (1, _BATCHED_FROM):
-            q = h[:nq]
-            self._search_base(base, q, self.signal_type.default_max_distance)
-        _brute_force(h[:1], h, base.dead, 0)
+            self._search_base(base, h[:nq], self.signal_type.default_max_distance)
+        kernels.brute_force(h[:1], h, base.dead, 0)

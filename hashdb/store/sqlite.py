@@ -277,25 +277,32 @@ class SqliteStore:
                      group.quality, group.labels_json, group.source),
                 )
             db.execute("DROP TABLE IF EXISTS temp.fresh")
-            # A member's first import has nothing to be idempotent against: skip the
-            # per-row existence probe. Otherwise probe in value order (after the
-            # GROUP BY), which walks the index in order instead of at random.
-            has_any = check_existing and db.execute(
-                "SELECT 1 FROM signal WHERE member_id = ? LIMIT 1", (member.id,)
-            ).fetchone()
-            existing_filter = (
-                "WHERE NOT EXISTS (SELECT 1 FROM signal s JOIN media m ON m.id = s.media_id"
-                " WHERE s.member_id = ? AND s.type = g.type AND s.value = g.value"
-                " AND m.status != 'deleted')"
-                if has_any else "WHERE ? IS NOT NULL"
-            )
-            db.execute(
-                "CREATE TEMP TABLE fresh AS SELECT row_number() OVER () AS n, g.* FROM ("
-                " SELECT i.type, i.value, min(i.quality) AS quality, min(i.labels) AS labels,"
-                " min(i.source) AS source FROM incoming i GROUP BY i.type, i.value"
-                f" ORDER BY i.type, i.value) g {existing_filter}",
-                (member.id,),
-            )
+            if not check_existing:
+                # Distinct and new (the caller proved it): keep the given order.
+                db.execute(
+                    "CREATE TEMP TABLE fresh AS SELECT row_number() OVER (ORDER BY rowid) AS n,"
+                    " type, value, quality, labels, source FROM incoming"
+                )
+            else:
+                # Otherwise de-duplicate, and probe the index in value order (after the
+                # GROUP BY), which walks it in order instead of at random. A member's
+                # first import has nothing to be idempotent against: no probe at all.
+                has_any = db.execute(
+                    "SELECT 1 FROM signal WHERE member_id = ? LIMIT 1", (member.id,)
+                ).fetchone()
+                existing_filter = (
+                    "WHERE NOT EXISTS (SELECT 1 FROM signal s JOIN media m"
+                    " ON m.id = s.media_id WHERE s.member_id = ? AND s.type = g.type"
+                    " AND s.value = g.value AND m.status != 'deleted')"
+                    if has_any else "WHERE ? IS NOT NULL"
+                )
+                db.execute(
+                    "CREATE TEMP TABLE fresh AS SELECT row_number() OVER () AS n, g.* FROM ("
+                    " SELECT i.type, i.value, min(i.quality) AS quality,"
+                    " min(i.labels) AS labels, min(i.source) AS source FROM incoming i"
+                    f" GROUP BY i.type, i.value ORDER BY i.type, i.value) g {existing_filter}",
+                    (member.id,),
+                )
             created = int(db.execute("SELECT count(*) FROM fresh").fetchone()[0])
             if created:
                 # Ids are assigned here, under the write lock, so the three inserts agree.

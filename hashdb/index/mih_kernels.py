@@ -1,0 +1,345 @@
+"""The numba kernels of the multi-index hashing index (see `hashdb.index.mih`).
+
+Hashes are rows of uint64 words. A table's key of a hash is `width` bits taken
+at `start` of the hash's *key words*: the hash with its bits permuted by a
+fixed per-index permutation (`_permuted`), so that the bits of one substring
+can be chosen to be as independent as possible. Distances are always computed
+on the stored hashes themselves: a permutation of bit positions changes no
+distance, and the substrings still partition the bits, so pigeonhole holds.
+
+Batched search (`_probe_batched`) is bound by cache misses, so it reads memory
+in order: probe keys are grouped by key block before the offsets and row lists
+are read, and the candidates of *all* tables are grouped by row block before
+the hashes are read, so that each block of hashes is read once per batch and
+from cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_KEY_BLOCK_BITS = 12  # probe keys grouped by 4K-key ranges: 16 KB of offsets
+_ROW_BLOCK_BITS = 14  # candidates grouped by 16K-row ranges: 512 KB of hashes
+_CHUNK = 256  # candidates of a row block are kept in chunks of 1 KB
+MAX_QUERIES = 1 << (32 - _ROW_BLOCK_BITS)  # a candidate is query << _ROW_BLOCK_BITS | row
+
+
+@intrinsic
+def _popcount(typingctx, x):  # type: ignore[no-untyped-def]
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ctpop.i64")
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _distance(a, b):  # type: ignore[no-untyped-def]
+    d = np.uint64(0)
+    for k in range(a.shape[0]):
+        d += _popcount(a[k] ^ b[k])
+    return np.int64(d)
+
+
+@njit(inline="always")
+def _substring(h, start, width):  # type: ignore[no-untyped-def]
+    word = start >> 6
+    off = start & 63
+    v = h[word] >> np.uint64(off)
+    if off + width > 64:
+        v |= h[word + 1] << np.uint64(64 - off)
+    return v & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
+
+
+@njit(inline="always")
+def _permuted(h, lut, out):  # type: ignore[no-untyped-def]
+    """`out` = the key words of `h`: OR of one lookup per byte of `h`.
+    `lut[j, v]` holds the key words of a hash whose only nonzero byte j is v."""
+    words = out.shape[0]
+    for w in range(words):
+        out[w] = 0
+    for j in range(lut.shape[0]):
+        v = (h[j >> 3] >> np.uint64(8 * (j & 7))) & np.uint64(0xFF)
+        for w in range(words):
+            out[w] |= lut[j, v, w]
+
+
+@njit(inline="always")
+def _query_keys(q64, lut, m, width, qkeys):  # type: ignore[no-untyped-def]
+    kw = np.empty(q64.shape[1], np.uint64)
+    for b in range(q64.shape[0]):
+        _permuted(q64[b], lut, kw)
+        for t in range(m):
+            qkeys[b, t] = _substring(kw, t * width, width)
+
+
+@njit(inline="always")
+def _found_earlier(h, lut, kw, qkeys, table, width, radius):  # type: ignore[no-untyped-def]
+    """True if an earlier table also finds this pair: it is reported there."""
+    if table == 0:
+        return False
+    _permuted(h, lut, kw)
+    for t in range(table):
+        if np.int64(_popcount(_substring(kw, t * width, width) ^ qkeys[t])) <= radius:
+            return True
+    return False
+
+
+@njit(inline="always")
+def _grow(a, need):  # type: ignore[no-untyped-def]
+    if need <= a.shape[0]:
+        return a
+    b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True, nogil=True)
+def key_words(h64, lut):  # type: ignore[no-untyped-def]
+    """The key words (permuted bits) of every row."""
+    out = np.empty_like(h64)
+    for i in range(h64.shape[0]):
+        _permuted(h64[i], lut, out[i])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def build_tables(k64, m, width, offsets, rows):  # type: ignore[no-untyped-def]
+    """Counting sort of the rows by each substring of their key words `k64`:
+    bucket k of table t is rows[t, offsets[t, k]:offsets[t, k + 1]], rows increasing."""
+    n = k64.shape[0]
+    keys = np.empty(n, np.uint32)
+    nkeys = offsets.shape[1] - 1
+    for t in range(m):
+        off = offsets[t]
+        off[:] = 0
+        for i in range(n):
+            k = np.int64(_substring(k64[i], t * width, width))
+            keys[i] = k
+            off[k + 1] += 1
+        for k in range(nkeys):
+            off[k + 1] += off[k]
+        pos = off[:nkeys].copy()
+        for i in range(n):
+            k = np.int64(keys[i])
+            rows[t, pos[k]] = i
+            pos[k] += 1
+
+
+@njit(cache=True, nogil=True)
+def brute_force(q64, h64, dead, r):  # type: ignore[no-untyped-def]
+    """Every live row within r of every query, in row tiles that stay in cache."""
+    out_q = np.empty(1024, np.int64)
+    out_r = np.empty(1024, np.int64)
+    out_d = np.empty(1024, np.int32)
+    found = 0
+    n = h64.shape[0]
+    tile = 4096
+    for lo in range(0, n, tile):
+        hi = min(n, lo + tile)
+        for b in range(q64.shape[0]):
+            q = q64[b]
+            for i in range(lo, hi):
+                d = _distance(h64[i], q)
+                if d <= r and not dead[i]:
+                    if found == out_q.shape[0]:
+                        out_q = _grow(out_q, found + 1)
+                        out_r = _grow(out_r, found + 1)
+                        out_d = _grow(out_d, found + 1)
+                    out_q[found] = b
+                    out_r[found] = i
+                    out_d[found] = d
+                    found += 1
+    return out_q[:found], out_r[:found], out_d[:found]
+
+
+@njit(cache=True, nogil=True)
+def probe_each(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type: ignore[no-untyped-def]
+    """MIH one query at a time: lowest latency for a handful of queries."""
+    m = offsets.shape[0]
+    radius = r // m
+    out_q = np.empty(1024, np.int64)
+    out_r = np.empty(1024, np.int64)
+    out_d = np.empty(1024, np.int32)
+    found = 0
+    qkeys = np.empty((q64.shape[0], m), np.uint64)
+    _query_keys(q64, lut, m, width, qkeys)
+    kw = np.empty(q64.shape[1], np.uint64)
+    for b in range(q64.shape[0]):
+        q = q64[b]
+        for t in range(m):
+            off = offsets[t]
+            trows = rows[t]
+            for p in range(masks.shape[0]):
+                key = np.int64(qkeys[b, t] ^ masks[p])
+                for j in range(off[key], off[key + 1]):
+                    row = trows[j]
+                    h = h64[row]
+                    d = _distance(h, q)
+                    if d > r or dead[row] or _found_earlier(h, lut, kw, qkeys[b], t, width, radius):
+                        continue
+                    if found == out_q.shape[0]:
+                        out_q = _grow(out_q, found + 1)
+                        out_r = _grow(out_r, found + 1)
+                        out_d = _grow(out_d, found + 1)
+                    out_q[found] = b
+                    out_r[found] = row
+                    out_d[found] = d
+                    found += 1
+    return out_q[:found], out_r[:found], out_d[:found]
+
+
+@njit(inline="always")
+def _touch(a, lo, hi, step):  # type: ignore[no-untyped-def]
+    """Read a[lo:hi] in order, one element per cache line: a stream the hardware
+    prefetches, so the random reads that follow hit the cache."""
+    s = np.uint64(0)
+    for i in range(lo, hi, step):
+        s += np.uint64(a[i])
+    return s
+
+
+@njit(cache=True, nogil=True)
+def probe_batched(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type: ignore[no-untyped-def]
+    """MIH for a batch (< MAX_QUERIES queries). Returns (query, row, distance) of
+    the hits, each pair once, and the number of candidates verified.
+
+    1. per table, probe keys are grouped by key block; each block's offsets and
+       row lists are streamed into cache and read; every candidate is appended
+       to the chunk list of its row block as (query << _ROW_BLOCK_BITS | row % block);
+    2. each row block's hashes are streamed into cache and its candidates verified.
+    A pair found by several tables is verified several times and reported once.
+    """
+    m = offsets.shape[0]
+    nq = q64.shape[0]
+    nmasks = masks.shape[0]
+    n = h64.shape[0]
+    words = h64.shape[1]
+    key_shift = min(width, _KEY_BLOCK_BITS)
+    nkey_blocks = 1 << (width - key_shift)
+    qkeys = np.empty((nq, m), np.uint64)
+    _query_keys(q64, lut, m, width, qkeys)
+    nprobes = nq * nmasks
+    probe_key = np.empty(nprobes, np.uint32)
+    probe_q = np.empty(nprobes, np.uint32)
+    # Stream a key block only if the probes read a good part of its cache lines.
+    stream_keys = nprobes >= (nkey_blocks << key_shift) // 64
+    nblocks = (n >> _ROW_BLOCK_BITS) + 1
+    head = np.full(nblocks, -1, np.int64)
+    tail = np.full(nblocks, -1, np.int64)
+    chunks_of = np.zeros(nblocks, np.int64)
+    write = np.zeros(nblocks, np.int64)  # next free slot of the block's last chunk
+    nchunks = (nprobes + nprobes // 4) // _CHUNK + nblocks + 1
+    pool = np.empty(nchunks * _CHUNK, np.uint32)
+    chained = np.full(nchunks, -1, np.int64)
+    used = 0
+    c = 0
+    touched = np.uint64(0)
+    counts = np.empty(nkey_blocks + 1, np.int64)
+    low = np.uint32((1 << _ROW_BLOCK_BITS) - 1)
+    for t in range(m):
+        off = offsets[t]
+        trows = rows[t]
+        counts[:] = 0
+        for b in range(nq):
+            qk = qkeys[b, t]
+            for p in range(nmasks):
+                counts[(np.int64(qk ^ masks[p]) >> key_shift) + 1] += 1
+        for k in range(nkey_blocks):
+            counts[k + 1] += counts[k]
+        for b in range(nq):
+            qk = qkeys[b, t]
+            for p in range(nmasks):
+                key = np.int64(qk ^ masks[p])
+                blk = key >> key_shift
+                pos = counts[blk]
+                probe_key[pos] = key
+                probe_q[pos] = b
+                counts[blk] = pos + 1
+        key_end = -1
+        for i in range(nprobes):
+            key = np.int64(probe_key[i])
+            if stream_keys and key >= key_end:
+                key_lo = (key >> key_shift) << key_shift
+                key_end = key_lo + (1 << key_shift)
+                touched += _touch(off, key_lo, key_end + 1, 16)
+                touched += _touch(trows, np.int64(off[key_lo]), np.int64(off[key_end]), 16)
+            qpart = np.uint32(probe_q[i] << _ROW_BLOCK_BITS)
+            for j in range(np.int64(off[key]), np.int64(off[key + 1])):
+                row = trows[j]
+                blk = np.int64(row >> _ROW_BLOCK_BITS)
+                if write[blk] & (_CHUNK - 1) == 0:  # no chunk yet, or it is full
+                    if used == nchunks:
+                        nchunks *= 2
+                        pool = _grow(pool, nchunks * _CHUNK)
+                        chained = _grow(chained, nchunks)
+                    chained[used] = -1
+                    if tail[blk] < 0:
+                        head[blk] = used
+                    else:
+                        chained[tail[blk]] = used
+                    tail[blk] = used
+                    chunks_of[blk] += 1
+                    write[blk] = used * _CHUNK
+                    used += 1
+                pool[write[blk]] = qpart | (row & low)
+                write[blk] += 1
+                c += 1
+    probe_key = np.empty(0, np.uint32)  # free them before verifying
+    probe_q = np.empty(0, np.uint32)
+    out_q = np.empty(1024, np.int64)
+    out_r = np.empty(1024, np.int64)
+    out_d = np.empty(1024, np.int32)
+    found = 0
+    half = min(2, words)
+    for blk in range(nblocks):
+        chunk = head[blk]
+        if chunk < 0:
+            continue
+        row_lo = blk << _ROW_BLOCK_BITS
+        row_hi = min(n, row_lo + (1 << _ROW_BLOCK_BITS))
+        last = write[blk] - tail[blk] * _CHUNK
+        if 4 * ((chunks_of[blk] - 1) * _CHUNK + last) >= row_hi - row_lo:
+            for i in range(row_lo, row_hi, max(1, 8 // words)):
+                touched += h64[i, 0]
+        while chunk >= 0:
+            end = last if chained[chunk] < 0 else _CHUNK
+            for e in pool[chunk * _CHUNK : chunk * _CHUNK + end]:
+                row = row_lo + np.int64(e & low)
+                b = np.int64(e >> _ROW_BLOCK_BITS)
+                h = h64[row]
+                q = q64[b]
+                d = np.int64(0)
+                for k in range(half):
+                    d += np.int64(_popcount(h[k] ^ q[k]))
+                if d > r:
+                    continue
+                for k in range(half, words):
+                    d += np.int64(_popcount(h[k] ^ q[k]))
+                if d > r or dead[row]:
+                    continue
+                if found == out_q.shape[0]:
+                    out_q = _grow(out_q, found + 1)
+                    out_r = _grow(out_r, found + 1)
+                    out_d = _grow(out_d, found + 1)
+                out_q[found] = b
+                out_r[found] = row
+                out_d[found] = d
+                found += 1
+            chunk = chained[chunk]
+    # Report each (query, row) once; `touched` is used so that the streams stay
+    # (its top bit is never set: it sums far fewer than 2**31 values < 2**32).
+    key = (out_q[:found] << 32) | out_r[:found]
+    order = np.argsort(key)
+    keep = np.ones(found, np.bool_)
+    for i in range(1, found):
+        keep[order[i]] = key[order[i]] != key[order[i - 1]]
+    c += np.int64(touched >> np.uint64(63))
+    return out_q[:found][keep], out_r[:found][keep], out_d[:found][keep], c

@@ -1,0 +1,118 @@
+"""What the tables of a multi-index hashing index are (see `hashdb.index.mih`):
+how many substrings of how many bits, which hash bits form each substring, and
+the cost model that picks them for a size and a search radius.
+
+Exactness does not depend on any choice made here: any `m` disjoint substrings
+of any bits, probed to radius `floor(r / m)`, find every hash within `r`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+_MAX_OFFSET_BYTES_PER_HASH = 48  # memory cap on the direct-address offsets
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """`substrings` tables of `width` bits each; 0 substrings means brute force."""
+
+    substrings: int
+    width: int
+
+    def radius(self, max_distance: int) -> int:
+        return max_distance // self.substrings
+
+    def probes(self, max_distance: int) -> int:
+        radius = min(self.radius(max_distance), self.width)
+        return self.substrings * sum(math.comb(self.width, i) for i in range(radius + 1))
+
+    def cost(self, n: int, max_distance: int) -> float:
+        """Expected memory reads per query: probes plus candidates."""
+        probes = self.probes(max_distance)
+        return probes * (1.0 + n / 2.0**self.width)
+
+
+BRUTE_FORCE = Layout(0, 0)
+# A sequential popcount over one row costs about a sixth of a random read.
+_BRUTE_COST_PER_ROW = 1 / 6
+
+
+def brute_force_cost(n: int) -> float:
+    return n * _BRUTE_COST_PER_ROW
+
+
+def choose_layout(n: int, bits: int, max_distance: int) -> Layout:
+    """The cheapest exact layout for `n` hashes at `max_distance`, within the
+    memory cap on offsets; brute force if nothing beats a scan."""
+    best, best_cost = BRUTE_FORCE, brute_force_cost(n)
+    for width in range(4, min(bits, 30) + 1):
+        layout = Layout(bits // width, width)
+        offset_bytes = layout.substrings * 4 * (2**width + 1)
+        if offset_bytes > max(_MAX_OFFSET_BYTES_PER_HASH * n, 1 << 20):
+            continue
+        cost = layout.cost(n, max_distance)
+        if cost < best_cost:
+            best, best_cost = layout, cost
+    return best
+
+
+def flip_masks(width: int, radius: int) -> np.ndarray:
+    """Every `width`-bit mask with at most `radius` bits set."""
+    masks = [
+        sum(1 << b for b in bits)
+        for k in range(min(radius, width) + 1)
+        for bits in combinations(range(width), k)
+    ]
+    return np.array(masks, dtype=np.uint64)
+
+
+def choose_bit_order(hashes: np.ndarray, layout: Layout, sample: int = 20_000) -> np.ndarray:
+    """Which hash bit sits at each key position: substring t of a hash is the
+    bits `order[t * width:(t + 1) * width]`. Any order is exact (see the module
+    docstring); a good one fills buckets evenly. Correlated or biased bits in one
+    substring crowd its keys, so, greedily on a sample: the worst bits are left
+    out of every substring, then each bit (most correlated first) joins the
+    substring with room where its summed squared correlation is lowest."""
+    bits = hashes.shape[1] * 64
+    m, width = layout.substrings, layout.width
+    if not m or len(hashes) < 1000:
+        return np.arange(bits, dtype=np.int16)
+    rows = np.ascontiguousarray(hashes[:: max(1, len(hashes) // sample)])
+    x = np.unpackbits(rows.view(np.uint8), axis=1, bitorder="little").astype(np.float32)
+    p = x.mean(axis=0)
+    x -= p
+    std = np.sqrt((x * x).mean(axis=0)) + 1e-6
+    corr2 = np.square((x.T @ x) / len(x) / np.outer(std, std))
+    np.fill_diagonal(corr2, 0.0)
+    # Bias costs like correlation: a bit with p = 0.5 +- e carries ~(2e)**2 less entropy.
+    badness = corr2.sum(axis=1) + np.square(2 * p - 1) * bits
+    by_badness = np.argsort(-badness, kind="stable")
+    left_out, placed = by_badness[: bits - m * width], by_badness[bits - m * width :]
+    members: list[list[int]] = [[] for _ in range(m)]
+    load = np.zeros(m)
+    for bit in placed.tolist():
+        cost = np.array([corr2[bit, g].sum() if g else 0.0 for g in members]) + load * 1e-9
+        cost[[len(g) == width for g in members]] = np.inf
+        t = int(np.argmin(cost))
+        members[t].append(bit)
+        load[t] += 1
+    order = [bit for g in members for bit in sorted(g)] + sorted(left_out.tolist())
+    return np.array(order, dtype=np.int16)
+
+
+def key_lut(order: np.ndarray) -> np.ndarray:
+    """`lut[j, v]`: the key words of a hash whose only nonzero byte j is v."""
+    bits = len(order)
+    position = np.empty(bits, np.int64)
+    position[order] = np.arange(bits)
+    lut = np.zeros((bits // 8, 256, bits // 64), np.uint64)
+    values = np.arange(256)
+    for bit, p in enumerate(position.tolist()):
+        on = (values >> (bit % 8)) & 1 == 1
+        lut[bit // 8, on, p // 64] |= np.uint64(1 << (p % 64))
+    return lut
