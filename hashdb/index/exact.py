@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from hashdb.index.base import Hits, as_hash_matrix
+from hashdb.index.locked import LockedIndex
 from hashdb.signals import SignalType
 
 
-class ExactIndex:
+class ExactIndex(LockedIndex):
     def __init__(self, signal_type: SignalType) -> None:
+        super().__init__()
         self.signal_type = signal_type
-        # FAISS and dicts are not safe for a search during a write: one lock.
-        self._lock = threading.RLock()
         self._by_value: dict[bytes, set[int]] = {}
         self._by_id: dict[int, bytes] = {}
 
@@ -45,41 +43,24 @@ class ExactIndex:
             per_query.append((np.array(found, np.int64), np.zeros(len(found), np.int32)))
         return Hits.from_lists(per_query)
 
-    def compact(self) -> None:
-        """Nothing pending: writes apply in place."""
-
     def __len__(self) -> int:
         return len(self._by_id)
 
     def _save_unlocked(self, path: Path) -> None:
+        # Plain arrays, not pickle: loading a snapshot must never run code.
+        ids = np.fromiter(self._by_id.keys(), np.int64, count=len(self._by_id))
+        values = np.frombuffer(b"".join(self._by_id.values()), np.uint8)
         with open(path, "wb") as f:
-            pickle.dump(self._by_id, f, protocol=pickle.HIGHEST_PROTOCOL)
+            np.savez(f, ids=ids, values=values.reshape(len(ids), self.signal_type.nbytes))
 
     def _load_unlocked(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            by_id: dict[int, bytes] = pickle.load(f)  # noqa: S301 - our own snapshot file
+        with np.load(path, allow_pickle=False) as snap:
+            ids, values = snap["ids"], snap["values"]
+        if values.shape[1:] != (self.signal_type.nbytes,):
+            raise ValueError(f"{path}: not a {self.signal_type.name} index")
         self._by_id = {}
         self._by_value = {}
-        for sid, value in by_id.items():
-            self._by_id[sid] = value
-            self._by_value.setdefault(value, set()).add(sid)
-
-    def add(self, ids: np.ndarray, hashes: np.ndarray) -> None:
-        with self._lock:
-            self._add_unlocked(ids, hashes)
-
-    def remove(self, ids: np.ndarray) -> None:
-        with self._lock:
-            self._remove_unlocked(ids)
-
-    def search(self, queries: np.ndarray, max_distance: int) -> Hits:
-        with self._lock:
-            return self._search_unlocked(queries, max_distance)
-
-    def save(self, path: Path) -> None:
-        with self._lock:
-            self._save_unlocked(path)
-
-    def load(self, path: Path) -> None:
-        with self._lock:
-            self._load_unlocked(path)
+        for sid, value in zip(ids.tolist(), values, strict=True):
+            raw = value.tobytes()
+            self._by_id[sid] = raw
+            self._by_value.setdefault(raw, set()).add(sid)

@@ -6,21 +6,20 @@ measured against. FAISS ids stay private: they are our signal ids.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from hashdb.index.base import Hits, as_hash_matrix
+from hashdb.index.locked import LockedIndex
 from hashdb.signals import SignalType
 
 
-class FlatHammingIndex:
+class FlatHammingIndex(LockedIndex):
     def __init__(self, signal_type: SignalType) -> None:
+        super().__init__()
         self.signal_type = signal_type
-        # FAISS and dicts are not safe for a search during a write: one lock.
-        self._lock = threading.RLock()
         self._index: faiss.IndexBinary = faiss.IndexBinaryIDMap2(
             faiss.IndexBinaryFlat(signal_type.bits)
         )
@@ -46,9 +45,6 @@ class FlatHammingIndex:
         lims, dist, ids = self._index.range_search(queries, max_distance + 1)
         return Hits(lims.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32))
 
-    def compact(self) -> None:
-        """Nothing pending: writes apply in place."""
-
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
@@ -57,23 +53,3 @@ class FlatHammingIndex:
 
     def _load_unlocked(self, path: Path) -> None:
         self._index = faiss.read_index_binary(str(path))
-
-    def add(self, ids: np.ndarray, hashes: np.ndarray) -> None:
-        with self._lock:
-            self._add_unlocked(ids, hashes)
-
-    def remove(self, ids: np.ndarray) -> None:
-        with self._lock:
-            self._remove_unlocked(ids)
-
-    def search(self, queries: np.ndarray, max_distance: int) -> Hits:
-        with self._lock:
-            return self._search_unlocked(queries, max_distance)
-
-    def save(self, path: Path) -> None:
-        with self._lock:
-            self._save_unlocked(path)
-
-    def load(self, path: Path) -> None:
-        with self._lock:
-            self._load_unlocked(path)
