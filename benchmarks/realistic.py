@@ -81,7 +81,9 @@ class PdqModel:
         return np.packbits(y > median, axis=1)
 
 
-@njit(nogil=True, cache=True)
+# No on-disk cache: this module is imported under two names (as a script helper
+# and as benchmarks.realistic), and numba keys its cache on the module name.
+@njit(nogil=True)
 def _assemble(blocks, src, u, width, mu, y):  # type: ignore[no-untyped-def]
     """y += mu + blocks[src[i, b], b] + ((u + 0.5) / 256 - 0.5) * width, row by row."""
     n, nb = src.shape

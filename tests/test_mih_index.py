@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hashdb.index import mih
 from hashdb.index.base import Hits, brute_force_search
 from hashdb.index.mih import Layout, MultiIndexHammingIndex, choose_layout
 from hashdb.signals import SIGNAL_TYPES
@@ -188,4 +189,64 @@ def test_layout_follows_size_and_keeps_pigeonhole() -> None:
         layout = choose_layout(n, 256, 31)
         assert layout.substrings * layout.width <= 256
         if layout.substrings:
-            assert layout.substrings * (layout.radius(31) + 1) > 31
+            assert sum(r + 1 for r in layout.radii(31)) > 31
+
+
+@pytest.mark.parametrize("m", [1, 5, 11, 16, 32])
+@pytest.mark.parametrize("r", [0, 1, 7, 31, 40, 64])
+def test_radii_keep_pigeonhole(m: int, r: int) -> None:
+    radii = Layout(m, 256 // m).radii(r)
+    assert len(radii) == m and min(radii) >= -1 and max(radii) <= 256 // m
+    # Every substring farther than its radius means a distance above r.
+    assert sum(radius + 1 for radius in radii) > r or max(radii) == 256 // m
+
+
+def test_any_bit_order_is_exact(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Substrings of scattered bits still partition the hash: pigeonhole holds."""
+    order = rng.permutation(256).astype(np.int16)
+    monkeypatch.setattr(mih, "choose_bit_order", lambda hashes, layout: order)
+    hashes = skewed_hashes(rng, 30_000)
+    ids = np.arange(30_000, dtype=np.int64)
+    index = built(ids, hashes)
+    assert np.array_equal(index._base.bit_order, order)
+    queries = flip(rng, hashes[::300], rng.integers(0, 40, size=100))
+    assert_exact(index, ids, hashes, queries, 31)  # batched
+    assert_exact(index, ids, hashes, queries[:5], 31)  # one query at a time
+
+
+def test_bit_order_separates_correlated_bits(rng: np.random.Generator) -> None:
+    """Bits 2k and 2k+1 are copies: no substring should hold both of a pair."""
+    half = np.unpackbits(uniform_hashes(rng, 5_000)[:, :16], axis=1)
+    bits = np.repeat(half, 2, axis=1)
+    hashes = np.packbits(bits, axis=1, bitorder="little").view("<u8")
+    layout = Layout(11, 23)
+    order = mih.choose_bit_order(hashes, layout)
+    assert sorted(order.tolist()) == list(range(256))
+    for t in range(layout.substrings):
+        pairs = order[t * 23 : (t + 1) * 23] // 2
+        assert len(set(pairs.tolist())) == 23
+
+
+def test_small_batches_give_the_same_hits(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashes = uniform_hashes(rng, 20_000)
+    ids = np.arange(20_000, dtype=np.int64)
+    index = built(ids, hashes)
+    queries = flip(rng, hashes[::50], rng.integers(0, 40, size=400))
+    whole = as_sets(index.search(queries, 31))
+    monkeypatch.setattr(mih, "_BATCH_CANDIDATES", 1)  # batches of the minimum size
+    assert as_sets(index.search(queries, 31)) == whole
+
+
+def test_old_snapshot_is_rejected(rng: np.random.Generator, tmp_path: Path) -> None:
+    hashes = uniform_hashes(rng, 2_000)
+    index = built(np.arange(2_000, dtype=np.int64), hashes)
+    index.save(tmp_path / "pdq.index")
+    with np.load(tmp_path / "pdq.index") as snap:
+        arrays = {k: snap[k] for k in snap.files if k != "bit_order"}
+    arrays["meta"][0] = 1
+    with open(tmp_path / "old.index", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError):
+        MultiIndexHammingIndex(PDQ).load(tmp_path / "old.index")

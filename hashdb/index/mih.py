@@ -29,6 +29,7 @@ and bit order chosen for the new data) and swaps it in; ids written during the
 merge are logged and re-applied at the swap. Searches take a snapshot of
 references under the lock and run without it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -365,7 +366,9 @@ class MultiIndexHammingIndex:
         if not layout.substrings or layout.cost(n, r) >= brute_force_cost(n):
             return kernels.brute_force(q64, base.hashes, base.dead, r)  # type: ignore[no-any-return]
         masks = flip_masks(layout.width, layout.radius(r))
-        args = (base.hashes, base.dead, base.offsets, base.rows, base.lut, layout.width, masks, r)
+        radii = np.array(layout.radii(r), np.int64)
+        tables = (base.offsets, base.rows, base.lut, layout.width, masks, radii)
+        args = (base.hashes, base.dead, *tables, r)
         if len(q64) < _BATCHED_FROM:
             return kernels.probe_each(q64, *args)  # type: ignore[no-any-return]
         probes = layout.probes(r)
@@ -375,7 +378,8 @@ class MultiIndexHammingIndex:
             batch = int(max(_BATCHED_FROM, _BATCH_CANDIDATES // per_query))
             batch = min(batch, kernels.MAX_QUERIES)
             chunk = q64[lo : lo + batch]
-            qs, rows, dist, ncand = kernels.probe_batched(chunk, *args)
+            expect = int(1.25 * per_query * len(chunk))
+            qs, rows, dist, ncand = kernels.probe_batched(chunk, *args, expect)
             parts.append((qs + lo, rows, dist))
             base.candidates_per_probe = ncand / (len(chunk) * probes)
             lo += batch

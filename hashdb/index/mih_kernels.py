@@ -81,13 +81,13 @@ def _query_keys(q64, lut, m, width, qkeys):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _found_earlier(h, lut, kw, qkeys, table, width, radius):  # type: ignore[no-untyped-def]
+def _found_earlier(h, lut, kw, qkeys, table, width, radii):  # type: ignore[no-untyped-def]
     """True if an earlier table also finds this pair: it is reported there."""
     if table == 0:
         return False
     _permuted(h, lut, kw)
     for t in range(table):
-        if np.int64(_popcount(_substring(kw, t * width, width) ^ qkeys[t])) <= radius:
+        if np.int64(_popcount(_substring(kw, t * width, width) ^ qkeys[t])) <= radii[t]:
             return True
     return False
 
@@ -99,6 +99,17 @@ def _grow(a, need):  # type: ignore[no-untyped-def]
     b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
     b[: a.shape[0]] = a
     return b
+
+
+@njit(inline="always")
+def _masks_within(masks, radii):  # type: ignore[no-untyped-def]
+    """How many of `masks` (sorted by popcount) each table probes."""
+    out = np.zeros(radii.shape[0], np.int64)
+    for t in range(radii.shape[0]):
+        for p in range(masks.shape[0]):
+            if np.int64(_popcount(masks[p])) <= radii[t]:
+                out[t] = p + 1
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -161,10 +172,11 @@ def brute_force(q64, h64, dead, r):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def probe_each(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type: ignore[no-untyped-def]
-    """MIH one query at a time: lowest latency for a handful of queries."""
+def probe_each(q64, h64, dead, offsets, rows, lut, width, masks, radii, r):  # type: ignore[no-untyped-def]
+    """MIH one query at a time: lowest latency for a handful of queries.
+    `masks` are sorted by popcount; table t probes those within `radii[t]`."""
     m = offsets.shape[0]
-    radius = r // m
+    nmasks = _masks_within(masks, radii)
     out_q = np.empty(1024, np.int64)
     out_r = np.empty(1024, np.int64)
     out_d = np.empty(1024, np.int32)
@@ -177,13 +189,13 @@ def probe_each(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type: ig
         for t in range(m):
             off = offsets[t]
             trows = rows[t]
-            for p in range(masks.shape[0]):
+            for p in range(nmasks[t]):
                 key = np.int64(qkeys[b, t] ^ masks[p])
                 for j in range(off[key], off[key + 1]):
                     row = trows[j]
                     h = h64[row]
                     d = _distance(h, q)
-                    if d > r or dead[row] or _found_earlier(h, lut, kw, qkeys[b], t, width, radius):
+                    if d > r or dead[row] or _found_earlier(h, lut, kw, qkeys[b], t, width, radii):
                         continue
                     if found == out_q.shape[0]:
                         out_q = _grow(out_q, found + 1)
@@ -207,7 +219,7 @@ def _touch(a, lo, hi, step):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def probe_batched(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type: ignore[no-untyped-def]
+def probe_batched(q64, h64, dead, offsets, rows, lut, width, masks, radii, r, expect):  # type: ignore[no-untyped-def]
     """MIH for a batch (< MAX_QUERIES queries). Returns (query, row, distance) of
     the hits, each pair once, and the number of candidates verified.
 
@@ -219,24 +231,22 @@ def probe_batched(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type:
     """
     m = offsets.shape[0]
     nq = q64.shape[0]
-    nmasks = masks.shape[0]
+    nmasks = _masks_within(masks, radii)
     n = h64.shape[0]
     words = h64.shape[1]
     key_shift = min(width, _KEY_BLOCK_BITS)
     nkey_blocks = 1 << (width - key_shift)
     qkeys = np.empty((nq, m), np.uint64)
     _query_keys(q64, lut, m, width, qkeys)
-    nprobes = nq * nmasks
+    nprobes = nq * nmasks.max()
     probe_key = np.empty(nprobes, np.uint32)
     probe_q = np.empty(nprobes, np.uint32)
-    # Stream a key block only if the probes read a good part of its cache lines.
-    stream_keys = nprobes >= (nkey_blocks << key_shift) // 64
     nblocks = (n >> _ROW_BLOCK_BITS) + 1
     head = np.full(nblocks, -1, np.int64)
     tail = np.full(nblocks, -1, np.int64)
     chunks_of = np.zeros(nblocks, np.int64)
     write = np.zeros(nblocks, np.int64)  # next free slot of the block's last chunk
-    nchunks = (nprobes + nprobes // 4) // _CHUNK + nblocks + 1
+    nchunks = expect // _CHUNK + nblocks + 1  # grows if `expect` candidates is short
     pool = np.empty(nchunks * _CHUNK, np.uint32)
     chained = np.full(nchunks, -1, np.int64)
     used = 0
@@ -250,21 +260,23 @@ def probe_batched(q64, h64, dead, offsets, rows, lut, width, masks, r):  # type:
         counts[:] = 0
         for b in range(nq):
             qk = qkeys[b, t]
-            for p in range(nmasks):
+            for p in range(nmasks[t]):
                 counts[(np.int64(qk ^ masks[p]) >> key_shift) + 1] += 1
         for k in range(nkey_blocks):
             counts[k + 1] += counts[k]
         for b in range(nq):
             qk = qkeys[b, t]
-            for p in range(nmasks):
+            for p in range(nmasks[t]):
                 key = np.int64(qk ^ masks[p])
                 blk = key >> key_shift
                 pos = counts[blk]
                 probe_key[pos] = key
                 probe_q[pos] = b
                 counts[blk] = pos + 1
+        # Stream a key block only if the probes read a good part of its cache lines.
+        stream_keys = nq * nmasks[t] >= (nkey_blocks << key_shift) // 64
         key_end = -1
-        for i in range(nprobes):
+        for i in range(nq * nmasks[t]):
             key = np.int64(probe_key[i])
             if stream_keys and key >= key_end:
                 key_lo = (key >> key_shift) << key_shift

@@ -2,8 +2,10 @@
 how many substrings of how many bits, which hash bits form each substring, and
 the cost model that picks them for a size and a search radius.
 
-Exactness does not depend on any choice made here: any `m` disjoint substrings
-of any bits, probed to radius `floor(r / m)`, find every hash within `r`.
+Exactness does not depend on any choice made here: for any `m` disjoint
+substrings of any bits, probed to radii `r_t` with `sum(r_t + 1) > r`, a hash
+within `r` of the query is within `r_t` in some substring `t` (else its distance
+would be at least `sum(r_t + 1)`), so it is found.
 """
 
 from __future__ import annotations
@@ -25,11 +27,19 @@ class Layout:
     width: int
 
     def radius(self, max_distance: int) -> int:
-        return max_distance // self.substrings
+        """The largest probe radius of a table."""
+        return max(self.radii(max_distance))
+
+    def radii(self, max_distance: int) -> list[int]:
+        """Probe radius of each table, smallest with `sum(r_t + 1) > max_distance`:
+        `floor(r / m)` or one less (-1: the table is not probed). At 10M, 11 tables
+        and r = 31, one table probes to radius 1 instead of 2: 8% fewer probes."""
+        per, extra = divmod(max_distance + 1, self.substrings)
+        return [min(per + (t < extra), self.width + 1) - 1 for t in range(self.substrings)]
 
     def probes(self, max_distance: int) -> int:
-        radius = min(self.radius(max_distance), self.width)
-        return self.substrings * sum(math.comb(self.width, i) for i in range(radius + 1))
+        radii = self.radii(max_distance)
+        return sum(sum(math.comb(self.width, i) for i in range(r + 1)) for r in radii)
 
     def cost(self, n: int, max_distance: int) -> float:
         """Expected memory reads per query: probes plus candidates."""
