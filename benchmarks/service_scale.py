@@ -71,11 +71,19 @@ wrk.method = "GET"
 """
 
 
-def write_hashes(path: Path, n: int, seed: int) -> None:
+def write_hashes(path: Path, n: int, seed: int, dist: str) -> None:
+    """A ThreatExchange local file of n PDQ hashes: uniform, or with the bit
+    statistics of real PDQ hashes (benchmarks/realistic.py)."""
     rng = np.random.default_rng(seed)
+    if dist == "real":
+        from benchmarks.realistic import realistic_pdq
+
+        every = realistic_pdq(n, seed)
     with open(path, "w") as f:
         for start in range(0, n, 1_000_000):
-            block = rng.integers(0, 256, (min(1_000_000, n - start), 32), dtype=np.uint8)
+            size = min(1_000_000, n - start)
+            block = (every[start : start + size] if dist == "real"
+                     else rng.integers(0, 256, (size, 32), dtype=np.uint8))
             hexes = block.tobytes().hex(" ", 32).split()
             f.write("".join(f"pdq {h}\n" for h in hexes))
 
@@ -144,6 +152,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=20261128)
+    parser.add_argument("--dist", choices=["uniform", "real"], default="real",
+                        help="stored hashes: uniform random, or real-PDQ statistics")
     parser.add_argument("--duration", type=int, default=20, help="seconds per wrk run")
     parser.add_argument("--workdir", type=Path, help="keep the store here (default: temp)")
     parser.add_argument("--port", type=int, default=8765)
@@ -157,11 +167,11 @@ def main() -> int:
     data_dir, log = workdir / "data", workdir / "serve.log"
     shutil.rmtree(data_dir, ignore_errors=True)
     url = f"http://127.0.0.1:{args.port}"
-    results: dict[str, Any] = {"size": args.size, **info}
+    results: dict[str, Any] = {"size": args.size, "dist": args.dist, **info}
 
-    hashes = workdir / f"hashes-{args.size}.txt"
+    hashes = workdir / f"hashes-{args.dist}-{args.size}-{args.seed}.txt"
     if not hashes.exists():
-        write_hashes(hashes, args.size, args.seed)
+        write_hashes(hashes, args.size, args.seed, args.dist)
     t = time.monotonic()
     subprocess.run([*HASHDB, "import", str(hashes), "--format", "local", "--member", "bulk",
                     "--labels", "terrorism", "--data-dir", str(data_dir)], check=True,
@@ -236,7 +246,7 @@ def main() -> int:
         stop(proc)
 
     print()
-    print(f"| measure ({args.size:,} PDQ hashes) | value | target |")
+    print(f"| measure ({args.size:,} PDQ hashes, {args.dist}) | value | target |")
     print("|---|---|---|")
     print(f"| bulk import | {results['import_s']:.1f} s | <= 180 s at 10M |")
     print(f"| first start, rebuild from store | {results['rebuild_ready_s']:.1f} s | (report) |")

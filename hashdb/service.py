@@ -50,6 +50,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 KEY_PREFIX = "hdb"
 # Searches of at most this many queries skip the CPU queue that batches wait in.
 SMALL_SEARCH = 16
+# Match requests with at most this many signals may be searched on the event loop.
+LIGHT_SIGNALS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,19 @@ class Match:
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Index hits of a `search`, before the database says what they are."""
+
+    hits: list[tuple[Hits, list[tuple[int, Signal]]]]
+    options: MatchOptions
+    skipped: list[Skipped]
+
+    @property
+    def any(self) -> bool:
+        return any(len(h.ids) for h, _ in self.hits)
 
 
 @dataclass(slots=True)
@@ -458,18 +473,39 @@ class Service:
     def match(
         self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
     ) -> MatchResult:
+        return self.resolve(caller, self.search(caller, signals, options))
+
+    def search(
+        self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
+    ) -> Found:
+        """The in-memory half of `match`: index hits, no database. Cheap for a few
+        signals at the default threshold (see `is_light`)."""
         _require(caller, Role.MATCHER)
         self._check_batch(signals, "signals")
-        result = MatchResult()
+        skipped: list[Skipped] = []
         queries: list[tuple[int, Signal]] = []
         for i, s in enumerate(signals):
             low = _low_quality(s.type, s.quality, options.min_quality)
             if low:
-                result.skipped.append(Skipped(s.type, low, i))
+                skipped.append(Skipped(s.type, low, i))
             else:
                 queries.append((i, s))
-        result.matches = self._search(caller, queries, options)
-        return result
+        return Found(self._index_hits(queries, options), options, skipped)
+
+    def resolve(self, caller: Caller, found: Found) -> MatchResult:
+        """The database half of `match`: what the hits are, visible to this caller,
+        and the audit log. Touches the database only if there are hits."""
+        return MatchResult(self._matches(caller, found.hits, found.options), found.skipped)
+
+    @staticmethod
+    def is_light(signals: Sequence[Signal], options: MatchOptions) -> bool:
+        """Whether `search` is cheap enough (well under a millisecond at 10M hashes)
+        to run inline on an event loop: a few signals, no wider than the defaults."""
+        return len(signals) <= LIGHT_SIGNALS and all(
+            options.max_distance is None
+            or options.max_distance <= signal_type(s.type).default_max_distance
+            for s in signals
+        )
 
     def match_media(
         self, caller: Caller, data: bytes, options: MatchOptions = MatchOptions()
@@ -494,6 +530,11 @@ class Service:
     def _search(
         self, caller: Caller, queries: Sequence[tuple[int, Signal]], options: MatchOptions
     ) -> list[Match]:
+        return self._matches(caller, self._index_hits(queries, options), options)
+
+    def _index_hits(
+        self, queries: Sequence[tuple[int, Signal]], options: MatchOptions
+    ) -> list[tuple[Hits, list[tuple[int, Signal]]]]:
         if not self.ready:
             raise NotReady("the indexes are still loading; retry shortly")
         by_type: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
@@ -514,6 +555,14 @@ class Service:
                     hits = self.follower.search(type_name, matrix, radius)
             found.append((hits, group))
             self.stats["lookups", type_name] += len(group)
+        return found
+
+    def _matches(
+        self,
+        caller: Caller,
+        found: list[tuple[Hits, list[tuple[int, Signal]]]],
+        options: MatchOptions,
+    ) -> list[Match]:
         ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0, np.int64)
         if not len(ids):
             return []

@@ -71,7 +71,16 @@ async def match(
     signals = [
         Signal(signal_type(s.type).parse(s.value), s.quality, s.timestamp) for s in body.signals
     ]
-    result = await run_in_threadpool(service.match, caller, signals, options)
+    if service.is_light(signals, options):
+        # A lookup or two at the default threshold costs less than handing it to a
+        # thread (and GIL hand-offs with dozens of threads cost tail latency): search
+        # here, and go to a thread only for the database, when something matched.
+        found = service.search(caller, signals, options)
+        if not found.any:
+            return json_response(_result(service.resolve(caller, found)))
+        result = await run_in_threadpool(service.resolve, caller, found)
+    else:
+        result = await run_in_threadpool(service.match, caller, signals, options)
     return json_response(_result(result))
 
 
