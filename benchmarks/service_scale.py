@@ -136,8 +136,14 @@ def wrk(script: str, url: str, duration: int, connections: int, workdir: Path) -
         capture_output=True, text=True, check=True,
     ).stdout
     result: dict[str, Any] = {"raw": out}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    result["requests_per_s"] = float(m.group(1)) if m else 0.0
+    # "N requests in 20.02s": wrk's own Requests/sec has two decimals, too coarse
+    # for batches that take seconds each.
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
+    if m:
+        seconds = float(m.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
+        result["requests_per_s"] = int(m.group(1)) / seconds
+    else:
+        result["requests_per_s"] = 0.0
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
         if m:
