@@ -236,6 +236,19 @@ def main() -> int:
             }
             runs["match_batch_10k"]["lookups_per_s"] = runs["match_batch_10k"][
                 "requests_per_s"] * 10_000
+            # Single lookups while batches run: slowed, never stalled.
+            batch_lua = BATCH_LUA % {"key": matcher, "body": body}
+            (workdir / "batch.lua").write_text(batch_lua)
+            background = subprocess.Popen(
+                ["wrk", "-t1", "-c2", f"-d{args.duration + 4}s", "--timeout", "60s",
+                 "-s", str(workdir / "batch.lua"), url + "/v1/match/batch"],
+                stdout=subprocess.PIPE, text=True,
+            )
+            time.sleep(2)
+            runs["match_single_during_batches"] = wrk(
+                SINGLE_LUA % {"seed": args.seed + 2, "key": matcher}, url, args.duration, 16,
+                workdir)
+            background.communicate(timeout=args.duration + 120)
             results["load"] = {k: {kk: vv for kk, vv in v.items() if kk != "raw"}
                                for k, v in runs.items()}
             results["rss_after_load_bytes"] = rss_of(proc.pid)
@@ -272,6 +285,9 @@ def main() -> int:
         print(f"| POST /v1/match/batch, 10k | {b['lookups_per_s']:,.0f} lookups/s (p50 "
               f"{b.get('p50_ms', 0):.0f} ms per batch), errors {b['errors']} "
               "| >= 8,000 lookups/s |")
+        d = results["load"]["match_single_during_batches"]
+        print(f"| POST /v1/match while 2 batch clients run | {d['requests_per_s']:,.0f} req/s, "
+              f"p50 {d.get('p50_ms', 0):.1f} ms, p99 {d.get('p99_ms', 0):.1f} ms | not stalled |")
         print(f"| match vs /healthz | {s['requests_per_s'] / max(h['requests_per_s'], 1):.2f}x "
               "| |")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -261,3 +261,25 @@ def test_metrics_for_admins(server: RunningServer, keys: dict[str, str]) -> None
     lookups = re.search(r'hashdb_lookups_total\{type="pdq"\} (\d+)', text)
     assert lookups and int(lookups.group(1)) >= 1000  # the batch test's queries
     assert re.search(r'hashdb_index_signals\{type="pdq"\} [1-9]', text)
+
+
+def test_a_batch_larger_than_one_search_chunk_keeps_every_match(
+    server: RunningServer, keys: dict[str, str]
+) -> None:
+    rng = np.random.default_rng(99)
+    stored = rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex()
+    bob = server.client(keys["bob"])
+    [made] = bob.post("/v1/hashes", json={"items": [{"type": "pdq", "value": stored,
+                                                     "labels": ["csam"]}]}).json()["items"]
+    planted = {0, 4095, 4096, 8191, 8192, 8999}  # both sides of every chunk boundary
+    queries = [
+        {"id": i, "type": "pdq",
+         "value": flipped(stored, [i % 256]) if i in planted
+         else rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex()}
+        for i in range(9000)
+    ]
+    results = server.client(keys["matcher"]).post(
+        "/v1/match/batch", json={"queries": queries}).json()["results"]
+    hit = {r["id"]: [(m["media_id"], m["distance"]) for m in r["matches"]]
+           for r in results if r["matches"]}
+    assert hit == {i: [(made["media_id"], 1)] for i in planted}

@@ -55,6 +55,8 @@ class Index(Protocol):
     - `save`/`load` round-trip the whole content.
     - `compact()` finishes any pending background work (merges) and returns when
       searches run at full speed; it never changes results.
+    - `warm_up()` pays one-time costs (JIT compilation) now rather than on the first
+      request.
     """
 
     signal_type: SignalType
@@ -68,6 +70,8 @@ class Index(Protocol):
     def __len__(self) -> int: ...
 
     def compact(self) -> None: ...
+
+    def warm_up(self) -> None: ...
 
     def save(self, path: Path) -> None: ...
 

@@ -144,6 +144,7 @@ class IndexFollower:
         self.sync(bulk=True)
         for index in self.indexes.values():
             index.compact()  # searches start on the built structure, not a big delta
+            index.warm_up()  # and the first request does not pay for compilation
         if how == "rebuild" and directory is not None and self.changes_since_snapshot:
             # Save now, before serving: a snapshot taken later would hold up the
             # first writes, and the next start would rebuild again.

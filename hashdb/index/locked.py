@@ -45,6 +45,9 @@ class LockedIndex:
     def compact(self) -> None:
         """Nothing pending: writes apply in place."""
 
+    def warm_up(self) -> None:
+        """Nothing to compile."""
+
     def save(self, path: Path) -> None:
         with self._lock:
             self._save_unlocked(path)
