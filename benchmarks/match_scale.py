@@ -22,6 +22,7 @@ import argparse
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks._common import print_header, print_table, rss_bytes
 from hashdb.index.base import Hits
