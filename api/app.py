@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -23,10 +23,21 @@ from hashdb.settings import Settings
 MultiPartParser.spool_max_size = 2**62
 
 
-def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    service: Service | None = None,
+    on_ready: Callable[[Service], None] | None = None,
+) -> FastAPI:
+    """The app. `on_ready` runs once the indexes are loaded (the CLI prints how to
+    call the service then, so that its example works when it is shown)."""
     settings = settings or (service.settings if service else Settings())
     owned = service is None
     svc = service or Service(settings)
+
+    def load() -> None:
+        svc.start()
+        if on_ready is not None:
+            on_ready(svc)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,7 +45,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         # they are loaded, and matching answers 503 not_ready until then.
         loader = None
         if not svc.ready:
-            loader = threading.Thread(target=svc.start, name="hashdb-index-load", daemon=True)
+            loader = threading.Thread(target=load, name="hashdb-index-load", daemon=True)
             loader.start()
         yield
         if loader is not None:

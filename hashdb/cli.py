@@ -53,25 +53,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = service.ensure_admin_key()
     base = f"http://{settings.host}:{settings.port}"
     where = settings.database_url or f"SQLite in {settings.data_dir.resolve()}"
-    print(f"hashdb serving {where} on {base}", flush=True)
-    if key:
-        print(
-            "\nFirst start: an admin key was created. It is shown only this once:\n\n"
-            f"  export HASHDB_KEY={key}\n\n"
-            "Try it:\n"
-            f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" -F file=@photo.jpg '
-            f"{base}/v1/hash\n"
-            f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" '
-            "-H 'content-type: application/json' "
-            f"-d '{{\"signals\": [{{\"type\": \"pdq\", \"value\": \"{'0' * 64}\"}}]}}' "
-            f"{base}/v1/match\n"
-            f"API docs: {base}/docs\n",
-            flush=True,
-        )
-    else:
-        print("Keys exist already; make another with: hashdb keys create --member NAME "
-              "--roles matcher", flush=True)
-    app = create_app(settings, service)
+    print(f"hashdb starting: {where}, loading the indexes...", flush=True)
+
+    def announce(service: Service) -> None:
+        sizes = ", ".join(f"{n:,} {t}" for t, n in service.follower.sizes().items())
+        print(f"\nhashdb is ready on {base} ({sizes}; indexes from {service.loaded_from})",
+              flush=True)
+        if key:
+            print(
+                "\nFirst start: an admin key was created. It is shown only this once:\n\n"
+                f"  export HASHDB_KEY={key}\n\n"
+                "Try it:\n"
+                f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" -F file=@photo.jpg '
+                f"{base}/v1/hash\n"
+                f'  curl -s -H "Authorization: Bearer $HASHDB_KEY" '
+                "-H 'content-type: application/json' "
+                f"-d '{{\"signals\": [{{\"type\": \"pdq\", \"value\": \"{'0' * 64}\"}}]}}' "
+                f"{base}/v1/match\n"
+                f"API docs: {base}/docs\n",
+                flush=True,
+            )
+        else:
+            print("Keys exist already; make another with: hashdb keys create --member NAME "
+                  "--roles matcher", flush=True)
+
+    app = create_app(settings, service, on_ready=announce)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     service.close()
     return 0
