@@ -27,6 +27,11 @@ class InvalidRequest(HashdbError):
     status = 400
 
 
+class InvalidJson(HashdbError):
+    code = "invalid_json"
+    status = 400
+
+
 class InvalidSignal(HashdbError):
     code = "invalid_signal"
     status = 400

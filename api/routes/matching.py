@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as FormFile
 from starlette.responses import Response
 
+from api.batch import read_batch
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
 from api.responses import json_response
 from api.schemas import BatchRequest, MatchRequest
@@ -92,14 +93,12 @@ async def match_batch(
     raw = await request.body()
 
     def run() -> Response:
-        body = _parse(BatchRequest, raw)
-        queries = [(q.id, signal_type(q.type).parse(q.value)) for q in body.queries]
-        results = service.match_batch(caller, queries, options)
+        results = service.match_batch(caller, read_batch(raw), options)
         return json_response({"results": [{"id": qid, "matches": [m.as_json() for m in ms]}
                                           for qid, ms in results]})
 
-    # Parsing and searching 10,000 queries is CPU work (~20 ms of JSON alone):
-    # off the event loop, so that single lookups keep flowing meanwhile.
+    # Reading and searching 10,000 queries is CPU work: off the event loop, so
+    # that single lookups keep flowing meanwhile.
     return await run_in_threadpool(run)
 
 
