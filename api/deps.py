@@ -11,8 +11,9 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from hashdb.matching import MatchOptions
 from hashdb.models import Caller
-from hashdb.service import MatchOptions, Service
+from hashdb.service import Service
 
 
 async def get_service(request: Request) -> Service:

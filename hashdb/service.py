@@ -15,15 +15,28 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from hashdb.errors import Forbidden, InvalidRequest, NotFound, NotReady, Unauthorized
+from hashdb.importing import HashItem, ImportSession, sorted_by_value
 from hashdb.index.base import Hits, index_for
 from hashdb.index.follower import IndexFactory, IndexFollower
+from hashdb.matching import (
+    BatchGate,
+    Found,
+    Match,
+    MatchOptions,
+    MatchResult,
+    Skipped,
+    low_quality,
+    match_of,
+    split_by_quality,
+    visible,
+)
 from hashdb.models import (
     ApiKey,
     Caller,
@@ -58,132 +71,6 @@ LIGHT_SIGNALS = 4
 
 
 @dataclass(frozen=True, slots=True)
-class MatchOptions:
-    max_distance: int | None = None
-    include_disputed: bool = False
-    labels: frozenset[str] = frozenset()
-    min_quality: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    type: str
-    reason: str
-    index: int | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, "reason": self.reason}
-        if self.index is not None:
-            out["index"] = self.index
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    query_index: int
-    media_id: int
-    signal_type: str
-    distance: int
-    labels: tuple[str, ...]
-    contributor: str
-    status: MediaStatus
-    value: HashValue
-    contributor_id: int
-    timestamp: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "query_index": self.query_index,
-            "media_id": self.media_id,
-            "signal_type": self.signal_type,
-            "distance": self.distance,
-            "labels": list(self.labels),
-            "contributor": self.contributor,
-            "status": self.status.value,
-            "value": self.value.hex,
-        }
-        if self.timestamp is not None:
-            out["timestamp"] = self.timestamp
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Found:
-    """Index hits of a `search`, before the database says what they are."""
-
-    hits: list[tuple[Hits, list[tuple[int, Signal]]]]
-    options: MatchOptions
-    skipped: list[Skipped]
-
-    @property
-    def any(self) -> bool:
-        return any(len(h.ids) for h, _ in self.hits)
-
-
-@dataclass(slots=True)
-class MatchResult:
-    matches: list[Match] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-
-
-class ImportSession:
-    """Remembers what one bulk import has written so far, so that the chunks of a
-    member's first import need no per-value lookup in the store: a chunk is new if
-    the member had nothing before the import and no value of the chunk was in an
-    earlier chunk (checked on 64-bit prefixes, 8 bytes a value; a prefix seen
-    before sends the whole chunk through the store's exact check). A concurrent
-    contribution of the same value by the same member during its first import may
-    then be stored twice; it is still matched once per media."""
-
-    def __init__(self, member_was_empty: bool) -> None:
-        self.member_was_empty = member_was_empty
-        self._seen: list[np.ndarray] = []
-
-    def proves_new(self, groups: Sequence[ImportGroup]) -> bool:
-        """True if every value of `groups` is new for the member and distinct."""
-        prefixes = np.concatenate([_prefixes(g) for g in groups]) if groups else _NO_PREFIXES
-        unique = np.unique(prefixes)
-        fresh = (
-            self.member_was_empty
-            and len(unique) == len(prefixes)
-            and not any(np.isin(unique, seen, assume_unique=True).any() for seen in self._seen)
-        )
-        self._seen.append(unique)
-        return fresh
-
-
-_NO_PREFIXES = np.zeros(0, np.uint64)
-
-
-def _prefixes(group: ImportGroup) -> np.ndarray:
-    rows = np.frombuffer(group.values, np.uint8).reshape(-1, group.nbytes)
-    return np.ascontiguousarray(rows[:, :8]).view(">u8").ravel()
-
-
-def _sorted_by_value(group: ImportGroup) -> ImportGroup:
-    """The same group with its values in ascending order: B-tree inserts then walk
-    the value index in order instead of at random."""
-    rows = np.frombuffer(group.values, np.uint8).reshape(-1, group.nbytes)
-    order = np.argsort(_prefixes(group), kind="stable")
-    return ImportGroup(group.type, group.nbytes, group.quality, group.labels_json,
-                       group.source, rows[order].tobytes())
-
-
-class HashItem(NamedTuple):
-    """One item of a `contribute_hashes` request, before validation. A NamedTuple
-    rather than a frozen dataclass: bulk imports make millions of them."""
-
-    type: str
-    value: str
-    labels: Sequence[str]
-    media_key: str | None = None
-    timestamp: float | None = None
-    quality: int | None = None
-    note: str | None = None
-    source: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ItemOutcome:
     media_id: int | None
     created: bool
@@ -199,36 +86,6 @@ class ItemOutcome:
 def hash_secret(key: str) -> bytes:
     # Keys carry 256 random bits, so a fast hash is enough: no dictionary to guess from.
     return hashlib.sha256(key.encode()).digest()
-
-
-class BatchGate:
-    """Admits batch searches onto the cores: every core while only batches run, one
-    fewer while single lookups have been seen in the last half second, so that a
-    slow batch slows the lookups of every upload down but never stalls them."""
-
-    def __init__(self, cores: int) -> None:
-        self._cores = max(1, cores)
-        self._active = 0
-        self._last_light = -1e9
-        self._changed = threading.Condition()
-
-    def light_seen(self) -> None:
-        self._last_light = time.monotonic()
-
-    def _allowed(self) -> int:
-        recent = time.monotonic() - self._last_light < 0.5
-        return max(1, self._cores - 1) if recent else self._cores
-
-    def __enter__(self) -> None:
-        with self._changed:
-            while self._active >= self._allowed():
-                self._changed.wait(0.05)
-            self._active += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._changed:
-            self._active -= 1
-            self._changed.notify()
 
 
 class Service:
@@ -392,7 +249,7 @@ class Service:
         for i, item in enumerate(items):
             value = signal_type(item.type).parse(item.value)
             labels = self._labels(item.labels, where=f"items[{i}].labels")
-            low = _low_quality(value.type, item.quality, None)
+            low = low_quality(value.type, item.quality, None)
             if low:
                 outcomes.append(ItemOutcome(None, False, Skipped(value.type, low, i)))
                 continue
@@ -449,14 +306,14 @@ class Service:
             key = tuple(item.labels)
             if key not in labels_json:
                 labels_json[key] = json.dumps(self._labels(item.labels, where="labels"))
-            if item.quality is not None and _low_quality(st.name, item.quality, None):
+            if item.quality is not None and low_quality(st.name, item.quality, None):
                 rejected += 1
                 continue
             source = None if item.source is None else _optional_text(item.source, "source", 200)
             packs.setdefault((st.name, item.quality, labels_json[key], source), []).append(raw)
             accepted += 1
         groups = [
-            _sorted_by_value(
+            sorted_by_value(
                 ImportGroup(name, types[name].nbytes, quality, labels, source, b"".join(values))
             )
             for (name, quality, labels, source), values in packs.items()
@@ -487,7 +344,8 @@ class Service:
         _require(caller, Role.CONTRIBUTOR)
         clean_labels = self._labels(labels, where="labels")
         media_type, signals = self.hash_media(data)
-        kept, skipped = _split_quality(signals, None)
+        usable, skipped = split_by_quality(signals, None)
+        kept = [s for _, s in usable]
         if not kept:
             raise InvalidRequest("no signal of this media can be contributed",
                                  skipped=[s.as_json() for s in skipped])
@@ -516,14 +374,7 @@ class Service:
         signals at the default threshold (see `is_light`)."""
         _require(caller, Role.MATCHER)
         self._check_batch(signals, "signals")
-        skipped: list[Skipped] = []
-        queries: list[tuple[int, Signal]] = []
-        for i, s in enumerate(signals):
-            low = _low_quality(s.type, s.quality, options.min_quality)
-            if low:
-                skipped.append(Skipped(s.type, low, i))
-            else:
-                queries.append((i, s))
+        queries, skipped = split_by_quality(signals, options.min_quality)
         return Found(self._index_hits(queries, options), options, skipped)
 
     def resolve(self, caller: Caller, found: Found) -> MatchResult:
@@ -553,18 +404,12 @@ class Service:
     ) -> list[tuple[str | int, list[Match]]]:
         _require(caller, Role.MATCHER)
         self._check_batch(queries, "queries")
-        matches = self._search(
-            caller, [(i, Signal(v)) for i, (_, v) in enumerate(queries)], options
-        )
+        hits = self._index_hits([(i, Signal(v)) for i, (_, v) in enumerate(queries)], options)
+        matches = self._matches(caller, hits, options)
         per_query: list[list[Match]] = [[] for _ in queries]
         for m in matches:
             per_query[m.query_index].append(m)
         return [(qid, per_query[i]) for i, (qid, _) in enumerate(queries)]
-
-    def _search(
-        self, caller: Caller, queries: Sequence[tuple[int, Signal]], options: MatchOptions
-    ) -> list[Match]:
-        return self._matches(caller, self._index_hits(queries, options), options)
 
     def _index_hits(
         self, queries: Sequence[tuple[int, Signal]], options: MatchOptions
@@ -599,15 +444,7 @@ class Service:
             with self._batches:
                 parts.append(self.follower.search(type_name, matrix[lo : lo + BATCH_CHUNK],
                                                   radius))
-        if len(parts) == 1:
-            return parts[0]
-        lims = [np.zeros(1, np.int64)]
-        offset = 0
-        for part in parts:
-            lims.append(part.lims[1:] + offset)
-            offset += int(part.lims[-1])
-        return Hits(np.concatenate(lims), np.concatenate([p.ids for p in parts]),
-                    np.concatenate([p.distances for p in parts]))
+        return Hits.concat(parts)
 
     def _matches(
         self,
@@ -628,9 +465,9 @@ class Service:
                 kept = 0
                 for k in order:
                     hit = known.get(int(sids[k]))
-                    if hit is None or not _visible(hit, options):
+                    if hit is None or not visible(hit, options):
                         continue
-                    matches.append(_match(qi, hit, int(dists[k])))
+                    matches.append(match_of(qi, hit, int(dists[k])))
                     kept += 1
                     if kept >= cap:
                         break
@@ -729,41 +566,6 @@ def _require(caller: Caller | None, role: Role) -> None:
     # None is the operator at the console (CLI), who may do anything.
     if caller is not None and not caller.has(role):
         raise Forbidden(f"this needs a key with the {role.value!r} role", role=role.value)
-
-
-def _low_quality(type_name: str, quality: int | None, override: int | None) -> str | None:
-    st = signal_type(type_name)
-    floor = override if override is not None else st.min_quality
-    if floor is None or quality is None or quality >= floor:
-        return None
-    return f"{type_name} quality {quality} is below {floor}: too little detail to match reliably"
-
-
-def _split_quality(
-    signals: Sequence[Signal], override: int | None
-) -> tuple[list[Signal], list[Skipped]]:
-    kept, skipped = [], []
-    for i, s in enumerate(signals):
-        low = _low_quality(s.type, s.quality, override)
-        if low:
-            skipped.append(Skipped(s.type, low, i))
-        else:
-            kept.append(s)
-    return kept, skipped
-
-
-def _visible(hit: SignalHit, options: MatchOptions) -> bool:
-    indexed = hit.status == MediaStatus.ACTIVE or (
-        hit.status == MediaStatus.DISPUTED and options.include_disputed
-    )
-    if not indexed:
-        return False
-    return not options.labels or bool(options.labels.intersection(hit.labels))
-
-
-def _match(query_index: int, hit: SignalHit, distance: int) -> Match:
-    return Match(query_index, hit.media_id, hit.value.type, distance, hit.labels,
-                 hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp)
 
 
 def _optional_text(value: object, name: str, max_len: int) -> str | None:

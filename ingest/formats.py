@@ -19,7 +19,8 @@ from hashdb.errors import HashdbError, InvalidRequest
 from hashdb.models import Role
 
 if TYPE_CHECKING:
-    from hashdb.service import HashItem, Service
+    from hashdb.importing import HashItem
+    from hashdb.service import Service
 
 CHUNK = 1_000_000
 # ThreatExchange names some types differently.
@@ -36,7 +37,7 @@ def _detect(path: Path) -> str:
 
 
 def read_items(lines: IO[str], fmt: str, default_labels: list[str]) -> Iterator[HashItem]:
-    from hashdb.service import HashItem
+    from hashdb.importing import HashItem
 
     if fmt == "csv":
         for n, row in enumerate(csv.reader(lines), 1):

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hashdb.importing import HashItem
 from hashdb.models import Role
-from hashdb.service import HashItem, Service
+from hashdb.service import Service
 from hashdb.settings import Settings
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import RunningServer, start_server
-from hashdb.service import HashItem, Service
+from hashdb.importing import HashItem
+from hashdb.service import Service
 from hashdb.settings import Settings
 from hashdb.signals import HashValue, Signal
 from postgres_schemas import postgres_schema

@@ -16,7 +16,7 @@ from api.responses import json_response
 from api.schemas import BatchRequest, MatchRequest
 from api.upload import read_upload
 from hashdb.errors import InvalidRequest
-from hashdb.service import MatchOptions, MatchResult
+from hashdb.matching import MatchOptions, MatchResult
 from hashdb.signals import Signal, signal_type
 
 router = APIRouter(prefix="/v1", tags=["matching"])

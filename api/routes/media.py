@@ -9,8 +9,8 @@ from fastapi import APIRouter, File, Form, UploadFile
 from api.deps import CallerDep, ServiceDep
 from api.schemas import HashesRequest, WithdrawIn
 from api.upload import read_upload
+from hashdb.importing import HashItem
 from hashdb.models import Caller, MediaRecord
-from hashdb.service import HashItem
 
 router = APIRouter(prefix="/v1", tags=["media"])
 

@@ -30,6 +30,19 @@ class Hits:
         return self.ids[lo:hi], self.distances[lo:hi]
 
     @classmethod
+    def concat(cls, parts: list[Hits]) -> Hits:
+        """The hits of consecutive query batches, as one batch."""
+        if len(parts) == 1:
+            return parts[0]
+        lims = [np.zeros(1, np.int64)]
+        offset = 0
+        for part in parts:
+            lims.append(part.lims[1:] + offset)
+            offset += int(part.lims[-1])
+        return cls(np.concatenate(lims), np.concatenate([p.ids for p in parts]),
+                   np.concatenate([p.distances for p in parts]))
+
+    @classmethod
     def from_lists(cls, per_query: list[tuple[np.ndarray, np.ndarray]]) -> Hits:
         lims = np.zeros(len(per_query) + 1, dtype=np.int64)
         lims[1:] = np.cumsum([len(ids) for ids, _ in per_query])

@@ -1,0 +1,150 @@
+"""What a match is: options, hits, results, and the rules that decide what a
+caller sees (quality floor, status, labels). The Service runs the searches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hashdb.index.base import Hits
+from hashdb.models import MediaStatus, SignalHit
+from hashdb.signals import HashValue, Signal, signal_type
+
+
+@dataclass(frozen=True, slots=True)
+class MatchOptions:
+    max_distance: int | None = None
+    include_disputed: bool = False
+    labels: frozenset[str] = frozenset()
+    min_quality: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    type: str
+    reason: str
+    index: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "reason": self.reason}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    query_index: int
+    media_id: int
+    signal_type: str
+    distance: int
+    labels: tuple[str, ...]
+    contributor: str
+    status: MediaStatus
+    value: HashValue
+    contributor_id: int
+    timestamp: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "query_index": self.query_index,
+            "media_id": self.media_id,
+            "signal_type": self.signal_type,
+            "distance": self.distance,
+            "labels": list(self.labels),
+            "contributor": self.contributor,
+            "status": self.status.value,
+            "value": self.value.hex,
+        }
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Index hits of a `search`, before the database says what they are."""
+
+    hits: list[tuple[Hits, list[tuple[int, Signal]]]]
+    options: MatchOptions
+    skipped: list[Skipped]
+
+    @property
+    def any(self) -> bool:
+        return any(len(h.ids) for h, _ in self.hits)
+
+
+@dataclass(slots=True)
+class MatchResult:
+    matches: list[Match] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class BatchGate:
+    """Admits batch searches onto the cores: every core while only batches run, one
+    fewer while single lookups have been seen in the last half second, so that a
+    slow batch slows the lookups of every upload down but never stalls them."""
+
+    def __init__(self, cores: int) -> None:
+        self._cores = max(1, cores)
+        self._active = 0
+        self._last_light = -1e9
+        self._changed = threading.Condition()
+
+    def light_seen(self) -> None:
+        self._last_light = time.monotonic()
+
+    def _allowed(self) -> int:
+        recent = time.monotonic() - self._last_light < 0.5
+        return max(1, self._cores - 1) if recent else self._cores
+
+    def __enter__(self) -> None:
+        with self._changed:
+            while self._active >= self._allowed():
+                self._changed.wait(0.05)
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._active -= 1
+            self._changed.notify()
+
+
+def low_quality(type_name: str, quality: int | None, override: int | None) -> str | None:
+    st = signal_type(type_name)
+    floor = override if override is not None else st.min_quality
+    if floor is None or quality is None or quality >= floor:
+        return None
+    return f"{type_name} quality {quality} is below {floor}: too little detail to match reliably"
+
+
+def split_by_quality(
+    signals: Sequence[Signal], override: int | None
+) -> tuple[list[tuple[int, Signal]], list[Skipped]]:
+    """The signals good enough to use, with their positions, and why the others are not."""
+    kept: list[tuple[int, Signal]] = []
+    skipped: list[Skipped] = []
+    for i, s in enumerate(signals):
+        low = low_quality(s.type, s.quality, override)
+        if low:
+            skipped.append(Skipped(s.type, low, i))
+        else:
+            kept.append((i, s))
+    return kept, skipped
+
+
+def visible(hit: SignalHit, options: MatchOptions) -> bool:
+    indexed = hit.status == MediaStatus.ACTIVE or (
+        hit.status == MediaStatus.DISPUTED and options.include_disputed
+    )
+    if not indexed:
+        return False
+    return not options.labels or bool(options.labels.intersection(hit.labels))
+
+
+def match_of(query_index: int, hit: SignalHit, distance: int) -> Match:
+    return Match(query_index, hit.media_id, hit.value.type, distance, hit.labels,
+                 hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp)
