@@ -37,9 +37,13 @@ def error_response(
     )
 
 
+def domain_error_response(exc: HashdbError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
 def _domain(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HashdbError)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return domain_error_response(exc)
 
 
 def _validation(_: Request, exc: Exception) -> JSONResponse:

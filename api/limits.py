@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import domain_error_response
 from hashdb.errors import MediaTooLarge
-
-
-def _too_large(limit: int) -> tuple[dict[str, object], bytes]:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "media_too_large",
-                "message": f"the request body is larger than {limit} bytes",
-                "details": {"max_bytes": limit},
-            }
-        }
-    ).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    }
-    return start, body
 
 
 class BodySizeLimit:
@@ -34,6 +14,10 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+
+    def _too_large(self) -> MediaTooLarge:
+        return MediaTooLarge(f"the request body is larger than {self.max_bytes} bytes",
+                             max_bytes=self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,9 +30,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    start, body = _too_large(self.max_bytes)
-                    await send(start)
-                    await send({"type": "http.response.body", "body": body})
+                    await domain_error_response(self._too_large())(scope, receive, send)
                     return
         seen = 0
 
@@ -58,10 +40,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise MediaTooLarge(
-                        f"the request body is larger than {self.max_bytes} bytes",
-                        max_bytes=self.max_bytes,
-                    )
+                    raise self._too_large()
             return message
 
         await self.app(scope, counted, send)

@@ -182,7 +182,7 @@ class Service:
         return caller
 
     def create_member(self, caller: Caller | None, name: str, trusted_flagger: bool) -> Member:
-        _require(caller, Role.ADMIN)
+        require_role(caller, Role.ADMIN)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise InvalidRequest(
                 "a member name is 1-64 letters, digits, '_', '.' or '-'", name=name
@@ -199,7 +199,7 @@ class Service:
         trusted_flagger: bool = False,
     ) -> tuple[ApiKey, str]:
         """A new key for a member: (its record, the key itself, shown only now)."""
-        _require(caller, Role.ADMIN)
+        require_role(caller, Role.ADMIN)
         try:
             role_set = frozenset(Role(r.strip()) for r in roles if r.strip())
         except ValueError:
@@ -219,7 +219,7 @@ class Service:
         return record, key
 
     def revoke_key(self, caller: Caller, key_id: str) -> None:
-        _require(caller, Role.ADMIN)
+        require_role(caller, Role.ADMIN)
         if not self.store.revoke_key(key_id):
             raise NotFound(f"no active key {key_id!r}", key_id=key_id)
         self._keys.clear()  # revoked here: refused here at once
@@ -242,7 +242,7 @@ class Service:
 
     # contributing -------------------------------------------------------------
     def contribute_hashes(self, caller: Caller, items: Sequence[HashItem]) -> list[ItemOutcome]:
-        _require(caller, Role.CONTRIBUTOR)
+        require_role(caller, Role.CONTRIBUTOR)
         self._check_batch(items, "items")
         outcomes: list[ItemOutcome | None] = []
         accepted: list[NewSignal] = []
@@ -276,7 +276,7 @@ class Service:
 
     def start_import(self, caller: Caller) -> ImportSession:
         """State shared by the chunks of one bulk import (see `import_hashes`)."""
-        _require(caller, Role.CONTRIBUTOR)
+        require_role(caller, Role.CONTRIBUTOR)
         return ImportSession(member_was_empty=not self.store.member_has_signals(caller.member))
 
     def import_hashes(
@@ -290,7 +290,7 @@ class Service:
         With a `session`, a member's first import skips the per-value existence check
         in the store whenever the session proves the chunk new.
         """
-        _require(caller, Role.CONTRIBUTOR)
+        require_role(caller, Role.CONTRIBUTOR)
         grouped = [i for i in items if i.media_key is not None or i.timestamp is not None]
         packs: dict[tuple[str, int | None, str, str | None], list[bytes]] = {}
         labels_json: dict[tuple[str, ...], str] = {}
@@ -341,7 +341,7 @@ class Service:
         note: str | None = None,
         source: str | None = None,
     ) -> tuple[Contributed, list[Signal], list[Skipped]]:
-        _require(caller, Role.CONTRIBUTOR)
+        require_role(caller, Role.CONTRIBUTOR)
         clean_labels = self._labels(labels, where="labels")
         media_type, signals = self.hash_media(data)
         usable, skipped = split_by_quality(signals, None)
@@ -372,7 +372,7 @@ class Service:
     ) -> Found:
         """The in-memory half of `match`: index hits, no database. Cheap for a few
         signals at the default threshold (see `is_light`)."""
-        _require(caller, Role.MATCHER)
+        require_role(caller, Role.MATCHER)
         self._check_batch(signals, "signals")
         queries, skipped = split_by_quality(signals, options.min_quality)
         return Found(self._index_hits(queries, options), options, skipped)
@@ -395,14 +395,14 @@ class Service:
     def match_media(
         self, caller: Caller, data: bytes, options: MatchOptions = MatchOptions()
     ) -> tuple[str, list[Signal], MatchResult]:
-        _require(caller, Role.MATCHER)
+        require_role(caller, Role.MATCHER)
         media_type, signals = self.hash_media(data)
         return media_type, signals, self.match(caller, signals, options)
 
     def match_batch(
         self, caller: Caller, queries: Sequence[tuple[str | int, HashValue]], options: MatchOptions
     ) -> list[tuple[str | int, list[Match]]]:
-        _require(caller, Role.MATCHER)
+        require_role(caller, Role.MATCHER)
         self._check_batch(queries, "queries")
         hits = self._index_hits([(i, Signal(v)) for i, (_, v) in enumerate(queries)], options)
         matches = self._matches(caller, hits, options)
@@ -522,7 +522,7 @@ class Service:
 
     def changes(self, caller: Caller, after: int = 0, limit: int = 1000) -> list[Change]:
         """The change log, for export and replication: operators only."""
-        _require(caller, Role.ADMIN)
+        require_role(caller, Role.ADMIN)
         return self.store.changes(after, max(1, min(limit, 10_000)))
 
     def events(self, caller: Caller, after: int = 0, limit: int = 100) -> list[Event]:
@@ -562,7 +562,8 @@ class Service:
         return tuple(dict.fromkeys(out))
 
 
-def _require(caller: Caller | None, role: Role) -> None:
+def require_role(caller: Caller | None, role: Role) -> None:
+    """Refuse a caller whose key lacks `role` (admins have every role)."""
     # None is the operator at the console (CLI), who may do anything.
     if caller is not None and not caller.has(role):
         raise Forbidden(f"this needs a key with the {role.value!r} role", role=role.value)

@@ -7,8 +7,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from api.deps import CallerDep, ServiceDep
-from hashdb.errors import Forbidden, NotReady
+from hashdb.errors import NotReady
 from hashdb.models import Role
+from hashdb.service import require_role
 
 router = APIRouter(tags=["health"])
 
@@ -28,6 +29,5 @@ async def readyz(service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(request: Request, caller: CallerDep) -> Response:
-    if not caller.has(Role.ADMIN):
-        raise Forbidden("metrics need a key with the 'admin' role", role="admin")
+    require_role(caller, Role.ADMIN)
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
