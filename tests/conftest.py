@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from api import create_app
+from hashdb.index.base import Hits
 from hashdb.service import Service
 from hashdb.settings import Settings
 
@@ -26,6 +27,11 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "pdq-reference").is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def as_sets(hits: Hits) -> list[set[tuple[int, int]]]:
+    """Each query's hits as a set of (id, distance): order within a query is unspecified."""
+    return [set(zip(*(a.tolist() for a in hits.of(i)), strict=True)) for i in range(len(hits))]
 
 
 def free_port() -> int:

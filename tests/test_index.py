@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashdb.index import ExactIndex, FlatHammingIndex, Hits, brute_force_search
+from conftest import as_sets
+from hashdb.index import ExactIndex, FlatHammingIndex, brute_force_search
 from hashdb.signals import SIGNAL_TYPES
 
 PDQ = SIGNAL_TYPES["pdq"]
@@ -18,10 +19,6 @@ def flip_bits(h: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     where = rng.choice(bits.size, size=n, replace=False)
     bits[where] ^= 1
     return np.packbits(bits)
-
-
-def as_sets(hits: Hits) -> list[set[tuple[int, int]]]:
-    return [set(zip(*(a.tolist() for a in hits.of(i)), strict=True)) for i in range(len(hits))]
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import as_sets
 from hashdb.index import mih
-from hashdb.index.base import Hits, brute_force_search
+from hashdb.index.base import brute_force_search
 from hashdb.index.mih import Layout, MultiIndexHammingIndex, choose_layout
 from hashdb.signals import SIGNAL_TYPES
 
@@ -37,10 +38,6 @@ def flip(rng: np.random.Generator, hashes: np.ndarray, distances: np.ndarray) ->
         bits = rng.choice(256, size=int(d), replace=False)
         np.bitwise_xor.at(row, bits // 8, (1 << (bits % 8)).astype(np.uint8))
     return out
-
-
-def as_sets(hits: Hits) -> list[set[tuple[int, int]]]:
-    return [set(zip(*map(np.ndarray.tolist, hits.of(i)), strict=True)) for i in range(len(hits))]
 
 
 def assert_exact(index: MultiIndexHammingIndex, ids, hashes, queries, radius) -> None:  # type: ignore[no-untyped-def]

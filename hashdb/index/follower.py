@@ -35,11 +35,15 @@ class IndexFollower:
     def __init__(self, store: Store, factory: IndexFactory = index_for) -> None:
         self.store = store
         self.factory = factory
-        self.indexes: Mapping[str, Index] = {name: factory(t) for name, t in SIGNAL_TYPES.items()}
+        self.indexes: Mapping[str, Index] = self._new_indexes()
         self.cursor = 0
         self.ready = False
         self.changes_since_snapshot = 0
         self._sync_lock = threading.Lock()
+
+    def _new_indexes(self) -> dict[str, Index]:
+        """One empty index per signal type."""
+        return {name: self.factory(t) for name, t in SIGNAL_TYPES.items()}
 
     # following the change log ---------------------------------------------------
     def sync(self, batch: int = 500_000, bulk: bool = False) -> int:
@@ -139,7 +143,7 @@ class IndexFollower:
         if directory is not None and self._load_snapshot(directory):
             how = "snapshot"
         else:
-            self.indexes = {name: self.factory(t) for name, t in SIGNAL_TYPES.items()}
+            self.indexes = self._new_indexes()
             self.cursor = 0
         self.sync(bulk=True)
         for index in self.indexes.values():
@@ -170,11 +174,9 @@ class IndexFollower:
             if int(meta["cursor"]) > self.store.last_change():
                 log.warning("index snapshot is ahead of the database; rebuilding")
                 return False
-            indexes = {}
-            for name, t in SIGNAL_TYPES.items():
-                index = self.factory(t)
+            indexes = self._new_indexes()
+            for name, index in indexes.items():
                 index.load(directory / f"{name}.index")
-                indexes[name] = index
         except (OSError, ValueError, KeyError, EOFError, RuntimeError) as exc:
             log.warning("index snapshot unreadable (%s); rebuilding", exc)
             return False

@@ -102,6 +102,19 @@ def _grow(a, need):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
+def _push(out_q, out_r, out_d, found, q, row, d):  # type: ignore[no-untyped-def]
+    """Append the hit (query q, row, distance d) at `found`, growing the buffers."""
+    if found == out_q.shape[0]:
+        out_q = _grow(out_q, found + 1)
+        out_r = _grow(out_r, found + 1)
+        out_d = _grow(out_d, found + 1)
+    out_q[found] = q
+    out_r[found] = row
+    out_d[found] = d
+    return out_q, out_r, out_d
+
+
+@njit(inline="always")
 def _masks_within(masks, radii):  # type: ignore[no-untyped-def]
     """How many of `masks` (sorted by popcount) each table probes."""
     out = np.zeros(radii.shape[0], np.int64)
@@ -160,13 +173,7 @@ def brute_force(q64, h64, dead, r):  # type: ignore[no-untyped-def]
             for i in range(lo, hi):
                 d = _distance(h64[i], q)
                 if d <= r and not dead[i]:
-                    if found == out_q.shape[0]:
-                        out_q = _grow(out_q, found + 1)
-                        out_r = _grow(out_r, found + 1)
-                        out_d = _grow(out_d, found + 1)
-                    out_q[found] = b
-                    out_r[found] = i
-                    out_d[found] = d
+                    out_q, out_r, out_d = _push(out_q, out_r, out_d, found, b, i, d)
                     found += 1
     return out_q[:found], out_r[:found], out_d[:found]
 
@@ -197,13 +204,7 @@ def probe_each(q64, h64, dead, offsets, rows, lut, width, masks, radii, r):  # t
                     d = _distance(h, q)
                     if d > r or dead[row] or _found_earlier(h, lut, kw, qkeys[b], t, width, radii):
                         continue
-                    if found == out_q.shape[0]:
-                        out_q = _grow(out_q, found + 1)
-                        out_r = _grow(out_r, found + 1)
-                        out_d = _grow(out_d, found + 1)
-                    out_q[found] = b
-                    out_r[found] = row
-                    out_d[found] = d
+                    out_q, out_r, out_d = _push(out_q, out_r, out_d, found, b, row, d)
                     found += 1
     return out_q[:found], out_r[:found], out_d[:found]
 
@@ -337,13 +338,7 @@ def probe_batched(q64, h64, dead, offsets, rows, lut, width, masks, radii, r, ex
                     d += np.int64(_popcount(h[k] ^ q[k]))
                 if d > r or dead[row]:
                     continue
-                if found == out_q.shape[0]:
-                    out_q = _grow(out_q, found + 1)
-                    out_r = _grow(out_r, found + 1)
-                    out_d = _grow(out_d, found + 1)
-                out_q[found] = b
-                out_r[found] = row
-                out_d[found] = d
+                out_q, out_r, out_d = _push(out_q, out_r, out_d, found, b, row, d)
                 found += 1
             chunk = chained[chunk]
     # Report each (query, row) once; `touched` is used so that the streams stay
