@@ -31,32 +31,24 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from hashdb.errors import Conflict, NotFound
+from hashdb.errors import Conflict
 from hashdb.models import (
-    INDEXED_STATUSES,
-    ApiKey,
-    Change,
     Contributed,
-    Event,
     ImportGroup,
-    MediaRecord,
     MediaStatus,
     Member,
     NewEvent,
     NewSignal,
-    Role,
     SignalHit,
-    StoredSignal,
 )
-from hashdb.signals import HashValue
-from hashdb.store.sqlite import migrations
+from hashdb.store.sql import SqlStore, migrations
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -77,7 +69,7 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     def __init__(self, url: str, max_connections: int = 10, connect_timeout: float = 30) -> None:
         """`url` is a libpq URL; `?options=-csearch_path%3Dname` puts the store in a schema."""
         self.url = url
@@ -114,6 +106,25 @@ class PostgresStore:
     def close(self) -> None:
         self._pool.close()
 
+    # the SqlStore hooks ----------------------------------------------------
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def _now(self) -> datetime:
+        return _now()
+
+    def _time(self, value: Any) -> str:
+        return _iso(value)
+
+    def _json(self, value: Any) -> Any:
+        return value  # jsonb comes back decoded
+
+    def _bulk(self, db: Any) -> Any:
+        return db.cursor(binary=True)  # no hex decoding of bytea
+
+    def _insert_events(self, db: Any, events: Sequence[NewEvent], at: Any = None) -> None:
+        _insert_events(db, events, at)
+
     def migrate(self) -> None:
         with self._write(change_lock=True) as db:
             # Under the lock: replicas starting together migrate one after the other.
@@ -143,61 +154,6 @@ class PostgresStore:
             _insert_events(db, [NewEvent("member_created", member.id, details={"name": name})])
             return member
 
-    def get_member(self, name: str) -> Member | None:
-        with self._read() as db:
-            row = db.execute(
-                "SELECT id, name, trusted_flagger, created_at FROM member WHERE name = %s", (name,)
-            ).fetchone()
-        return _member(row) if row else None
-
-    def create_key(
-        self, member: Member, key_id: str, secret_hash: bytes, roles: frozenset[Role]
-    ) -> ApiKey:
-        at = _now()
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO api_key (key_id, member_id, secret_hash, roles, created_at) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (key_id, member.id, secret_hash, ",".join(sorted(roles)), at),
-            )
-            _insert_events(
-                db,
-                [NewEvent("key_created", member.id,
-                          details={"key_id": key_id, "roles": sorted(roles)})],
-            )
-        return ApiKey(key_id, member, roles, _iso(at))
-
-    _KEY_SELECT = (
-        "SELECT k.key_id, k.roles, k.created_at, k.revoked_at, "
-        "m.id, m.name, m.trusted_flagger, m.created_at "
-        "FROM api_key k JOIN member m ON m.id = k.member_id "
-    )
-
-    def key_by_secret_hash(self, secret_hash: bytes) -> ApiKey | None:
-        with self._read() as db:
-            row = db.execute(self._KEY_SELECT + "WHERE k.secret_hash = %s",
-                             (secret_hash,)).fetchone()
-        return _key(row) if row else None
-
-    def get_key(self, key_id: str) -> ApiKey | None:
-        with self._read() as db:
-            row = db.execute(self._KEY_SELECT + "WHERE k.key_id = %s", (key_id,)).fetchone()
-        return _key(row) if row else None
-
-    def revoke_key(self, key_id: str) -> bool:
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE api_key SET revoked_at = %s WHERE key_id = %s AND revoked_at IS NULL",
-                (_now(), key_id),
-            )
-            if cur.rowcount:
-                _insert_events(db, [NewEvent("key_revoked", None, details={"key_id": key_id})])
-            return cur.rowcount > 0
-
-    def count_keys(self) -> int:
-        with self._read() as db:
-            row = db.execute("SELECT count(*) FROM api_key").fetchone()
-        return int(row[0]) if row else 0
 
     # media and signals -----------------------------------------------------
     def contribute(
@@ -298,13 +254,6 @@ class PostgresStore:
             _insert_events(db, events, at)
         return results
 
-    def member_has_signals(self, member: Member) -> bool:
-        with self._read() as db:
-            row = db.execute(
-                "SELECT 1 FROM signal WHERE member_id = %s LIMIT 1", (member.id,)
-            ).fetchone()
-        return row is not None
-
     def import_signals(
         self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
     ) -> int:
@@ -380,74 +329,6 @@ class PostgresStore:
                 )
         return created
 
-    def get_media(self, media_id: int) -> MediaRecord | None:
-        with self._read() as db:
-            row = db.execute(
-                "SELECT md.id, md.media_type, md.labels, md.status, md.note, md.source, "
-                "md.media_key, md.created_at, md.updated_at, "
-                "m.id, m.name, m.trusted_flagger, m.created_at "
-                "FROM media md JOIN member m ON m.id = md.member_id WHERE md.id = %s",
-                (media_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            signals = tuple(
-                StoredSignal(int(sid), media_id, HashValue(t, bytes(v)), q, ts)
-                for sid, t, v, q, ts in db.execute(
-                    "SELECT id, type, value, quality, timestamp FROM signal "
-                    "WHERE media_id = %s ORDER BY id",
-                    (media_id,),
-                )
-            )
-            feedback = dict.fromkeys(("agree", "disagree"), 0)
-            for verdict, n in db.execute(
-                "SELECT verdict, count(*) FROM feedback WHERE media_id = %s GROUP BY verdict",
-                (media_id,),
-            ):
-                feedback[verdict] = int(n)
-        return MediaRecord(
-            id=int(row[0]),
-            owner=_member(row[9:13]),
-            media_type=row[1],
-            labels=tuple(row[2]),
-            status=MediaStatus(row[3]),
-            note=row[4],
-            source=row[5],
-            media_key=row[6],
-            created_at=_iso(row[7]),
-            updated_at=_iso(row[8]),
-            signals=signals,
-            feedback=feedback,
-        )
-
-    def set_status(self, media_id: int, status: MediaStatus, event: NewEvent) -> MediaRecord:
-        with self._write(change_lock=True) as db:
-            row = db.execute("SELECT status FROM media WHERE id = %s", (media_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no media {media_id}", media_id=media_id)
-            old = MediaStatus(row[0])
-            if old != status:
-                at = _now()
-                db.execute(
-                    "UPDATE media SET status = %s, updated_at = %s WHERE id = %s",
-                    (status.value, at, media_id),
-                )
-                was, now_indexed = old in INDEXED_STATUSES, status in INDEXED_STATUSES
-                if was != now_indexed:
-                    db.execute(
-                        "INSERT INTO change (op, signal_id, type, value) "
-                        "SELECT %s, id, type, value FROM signal WHERE media_id = %s ORDER BY id",
-                        ("add" if now_indexed else "remove", media_id),
-                    )
-                details = {"from": old.value, "to": status.value, **event.details}
-                _insert_events(
-                    db, [NewEvent(event.kind, event.member_id, media_id, event.owner_id, details)],
-                    at,
-                )
-        record = self.get_media(media_id)
-        assert record is not None
-        return record
-
     def signal_hits(self, signal_ids: Sequence[int]) -> dict[int, SignalHit]:
         ids = list(dict.fromkeys(int(i) for i in signal_ids))
         if not ids:
@@ -459,88 +340,7 @@ class PostgresStore:
                 "JOIN member m ON m.id = md.member_id WHERE s.id = ANY(%s::bigint[])",
                 (ids,),
             ).fetchall()
-        return {
-            int(sid): SignalHit(int(sid), int(mid), HashValue(t, bytes(v)), ts, tuple(labels),
-                                MediaStatus(status), name, int(member_id))
-            for sid, mid, t, v, ts, labels, status, name, member_id in rows
-        }
-
-    def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]:
-        with self._read() as db:
-            rows = db.cursor(binary=True).execute(
-                "SELECT s.id, s.media_id, s.type, s.value, s.timestamp, md.labels, md.status, "
-                "m.name, m.id, s.quality FROM signal s JOIN media md ON md.id = s.media_id "
-                "JOIN member m ON m.id = md.member_id "
-                "WHERE s.id > %s AND md.status = 'active' ORDER BY s.id LIMIT %s",
-                (after, limit),
-            ).fetchall()
-        return [
-            (SignalHit(int(sid), int(mid), HashValue(t, bytes(v)), ts, tuple(lb),
-                       MediaStatus(st), name, int(member_id)), q)
-            for sid, mid, t, v, ts, lb, st, name, member_id, q in rows
-        ]
-
-    # logs --------------------------------------------------------------------
-    def changes(self, after: int, limit: int) -> list[Change]:
-        return [
-            Change(seq, op, sid, HashValue(t, v))
-            for seq, op, sid, t, v in self.change_rows(after, limit)
-        ]
-
-    def change_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
-        """Like `changes`, as plain (seq, op, signal_id, type, value) rows: the fast path
-        for replaying millions of changes into an index (binary: no hex decoding)."""
-        with self._read() as db:
-            rows = db.cursor(binary=True).execute(
-                "SELECT seq, op, signal_id, type, value FROM change WHERE seq > %s "
-                "ORDER BY seq LIMIT %s",
-                (after, limit),
-            ).fetchall()
-        return cast(list[tuple[int, str, int, str, bytes]], rows)
-
-    def store_id(self) -> str:
-        with self._read() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
-        assert row is not None, "store not migrated"
-        return str(row[0])
-
-    def last_change(self) -> int:
-        with self._read() as db:
-            row = db.execute("SELECT coalesce(max(seq), 0) FROM change").fetchone()
-        return int(row[0]) if row else 0
-
-    def log_events(self, events: Sequence[NewEvent]) -> None:
-        if events:
-            with self._write() as db:
-                _insert_events(db, events)
-
-    def events(self, after: int, limit: int, member_id: int | None) -> list[Event]:
-        sql = (
-            "SELECT e.id, e.at, e.kind, m.name, e.media_id, e.details FROM event e "
-            "LEFT JOIN member m ON m.id = e.member_id WHERE e.id > %s "
-        )
-        args: list[object] = [after]
-        if member_id is not None:
-            sql += "AND (e.member_id = %s OR e.owner_id = %s) "
-            args += [member_id, member_id]
-        sql += "ORDER BY e.id LIMIT %s"
-        args.append(limit)
-        with self._read() as db:
-            rows = db.execute(sql, args).fetchall()
-        return [
-            Event(int(i), _iso(at), kind, name, None if mid is None else int(mid), details)
-            for i, at, kind, name, mid, details in rows
-        ]
-
-
-def _member(row: Sequence[Any]) -> Member:
-    return Member(int(row[0]), str(row[1]), bool(row[2]), _iso(row[3]))
-
-
-def _key(row: Sequence[Any]) -> ApiKey:
-    roles = frozenset(Role(r) for r in str(row[1]).split(",") if r)
-    return ApiKey(str(row[0]), _member(row[4:8]), roles, _iso(row[2]),
-                  None if row[3] is None else _iso(row[3]))
+        return {int(row[0]): self._signal_hit(row) for row in rows}
 
 
 def _contribute_loose(

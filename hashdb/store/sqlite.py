@@ -12,44 +12,27 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from hashdb.errors import Conflict, NotFound
+from hashdb.errors import Conflict
 from hashdb.models import (
-    INDEXED_STATUSES,
-    ApiKey,
-    Change,
     Contributed,
-    Event,
     ImportGroup,
-    MediaRecord,
     MediaStatus,
     Member,
     NewEvent,
     NewSignal,
-    Role,
     SignalHit,
-    StoredSignal,
 )
-from hashdb.signals import HashValue
+from hashdb.store.sql import SqlStore, migrations
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def migrations(dialect: str) -> list[tuple[int, str]]:
-    """(version, sql) of every migration shipped for a dialect, in order."""
-    folder = resources.files("hashdb.store") / "migrations" / dialect
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
-    return sorted(found)
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +57,12 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        yield self._db  # autocommit: WAL readers see the last commit, never block
+
+    @contextmanager
+    def _write(self, change_lock: bool = False) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE serializes every writer: the change lock is implied.
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -83,6 +71,19 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    # the SqlStore hooks ----------------------------------------------------
+    def _now(self) -> str:
+        return now()
+
+    def _time(self, value: Any) -> str:
+        return str(value)
+
+    def _json(self, value: Any) -> Any:
+        return json.loads(value)
+
+    def _insert_events(self, db: Any, events: Sequence[NewEvent], at: Any = None) -> None:
+        _insert_events(db, events, at)
 
     def close(self) -> None:
         with self._lock:
@@ -120,57 +121,6 @@ class SqliteStore:
             _insert_events(db, [NewEvent("member_created", member.id, details={"name": name})])
             return member
 
-    def get_member(self, name: str) -> Member | None:
-        row = self._db.execute(
-            "SELECT id, name, trusted_flagger, created_at FROM member WHERE name = ?", (name,)
-        ).fetchone()
-        return _member(row) if row else None
-
-    def create_key(
-        self, member: Member, key_id: str, secret_hash: bytes, roles: frozenset[Role]
-    ) -> ApiKey:
-        at = now()
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO api_key (key_id, member_id, secret_hash, roles, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (key_id, member.id, secret_hash, ",".join(sorted(roles)), at),
-            )
-            _insert_events(
-                db,
-                [NewEvent("key_created", member.id, details={"key_id": key_id,
-                                                              "roles": sorted(roles)})],
-            )
-        return ApiKey(key_id, member, roles, at)
-
-    _KEY_SELECT = (
-        "SELECT k.key_id, k.roles, k.created_at, k.revoked_at, "
-        "m.id, m.name, m.trusted_flagger, m.created_at "
-        "FROM api_key k JOIN member m ON m.id = k.member_id "
-    )
-
-    def key_by_secret_hash(self, secret_hash: bytes) -> ApiKey | None:
-        row = self._db.execute(
-            self._KEY_SELECT + "WHERE k.secret_hash = ?", (secret_hash,)
-        ).fetchone()
-        return _key(row) if row else None
-
-    def get_key(self, key_id: str) -> ApiKey | None:
-        row = self._db.execute(self._KEY_SELECT + "WHERE k.key_id = ?", (key_id,)).fetchone()
-        return _key(row) if row else None
-
-    def revoke_key(self, key_id: str) -> bool:
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE api_key SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-                (now(), key_id),
-            )
-            if cur.rowcount:
-                _insert_events(db, [NewEvent("key_revoked", None, details={"key_id": key_id})])
-            return cur.rowcount > 0
-
-    def count_keys(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM api_key").fetchone()[0])
 
     # media and signals -----------------------------------------------------
     def contribute(
@@ -242,12 +192,6 @@ class SqliteStore:
             ]
             _insert_events(db, events, at)
         return results
-
-    def member_has_signals(self, member: Member) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM signal WHERE member_id = ? LIMIT 1", (member.id,)
-        ).fetchone()
-        return row is not None
 
     def import_signals(
         self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
@@ -336,74 +280,6 @@ class SqliteStore:
             db.execute("DELETE FROM incoming")
         return created
 
-    def get_media(self, media_id: int) -> MediaRecord | None:
-        db = self._db
-        row = db.execute(
-            "SELECT md.id, md.media_type, md.labels, md.status, md.note, md.source, "
-            "md.media_key, md.created_at, md.updated_at, "
-            "m.id, m.name, m.trusted_flagger, m.created_at "
-            "FROM media md JOIN member m ON m.id = md.member_id WHERE md.id = ?",
-            (media_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        signals = tuple(
-            StoredSignal(sid, media_id, HashValue(t, bytes(v)), q, ts)
-            for sid, t, v, q, ts in db.execute(
-                "SELECT id, type, value, quality, timestamp FROM signal "
-                "WHERE media_id = ? ORDER BY id",
-                (media_id,),
-            )
-        )
-        feedback = dict.fromkeys(("agree", "disagree"), 0)
-        for verdict, n in db.execute(
-            "SELECT verdict, count(*) FROM feedback WHERE media_id = ? GROUP BY verdict",
-            (media_id,),
-        ):
-            feedback[verdict] = int(n)
-        return MediaRecord(
-            id=int(row[0]),
-            owner=_member(row[9:13]),
-            media_type=row[1],
-            labels=tuple(json.loads(row[2])),
-            status=MediaStatus(row[3]),
-            note=row[4],
-            source=row[5],
-            media_key=row[6],
-            created_at=row[7],
-            updated_at=row[8],
-            signals=signals,
-            feedback=feedback,
-        )
-
-    def set_status(self, media_id: int, status: MediaStatus, event: NewEvent) -> MediaRecord:
-        with self._write() as db:
-            row = db.execute("SELECT status FROM media WHERE id = ?", (media_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no media {media_id}", media_id=media_id)
-            old = MediaStatus(row[0])
-            if old != status:
-                at = now()
-                db.execute(
-                    "UPDATE media SET status = ?, updated_at = ? WHERE id = ?",
-                    (status.value, at, media_id),
-                )
-                was, now_indexed = old in INDEXED_STATUSES, status in INDEXED_STATUSES
-                if was != now_indexed:
-                    db.execute(
-                        "INSERT INTO change (op, signal_id, type, value) "
-                        "SELECT ?, id, type, value FROM signal WHERE media_id = ? ORDER BY id",
-                        ("add" if now_indexed else "remove", media_id),
-                    )
-                details = {"from": old.value, "to": status.value, **event.details}
-                _insert_events(
-                    db, [NewEvent(event.kind, event.member_id, media_id, event.owner_id, details)],
-                    at,
-                )
-        record = self.get_media(media_id)
-        assert record is not None
-        return record
-
     def signal_hits(self, signal_ids: Sequence[int]) -> dict[int, SignalHit]:
         out: dict[int, SignalHit] = {}
         ids = list(dict.fromkeys(int(i) for i in signal_ids))
@@ -411,94 +287,21 @@ class SqliteStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for sid, mid, t, v, ts, labels, status, name, member_id in db.execute(
+            for row in db.execute(
                 "SELECT s.id, s.media_id, s.type, s.value, s.timestamp, md.labels, md.status, "
                 "m.name, m.id FROM signal s JOIN media md ON md.id = s.media_id "
                 f"JOIN member m ON m.id = md.member_id WHERE s.id IN ({marks})",
                 chunk,
             ):
-                out[int(sid)] = SignalHit(
-                    int(sid), int(mid), HashValue(t, bytes(v)), ts, tuple(json.loads(labels)),
-                    MediaStatus(status), name, int(member_id),
-                )
+                out[int(row[0])] = self._signal_hit(row)
         return out
 
-    def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]:
-        rows = self._db.execute(
-            "SELECT s.id, s.media_id, s.type, s.value, s.timestamp, md.labels, md.status, "
-            "m.name, m.id, s.quality FROM signal s JOIN media md ON md.id = s.media_id "
-            "JOIN member m ON m.id = md.member_id "
-            "WHERE s.id > ? AND md.status = 'active' ORDER BY s.id LIMIT ?",
-            (after, limit),
-        )
-        return [
-            (SignalHit(int(sid), int(mid), HashValue(t, bytes(v)), ts, tuple(json.loads(lb)),
-                       MediaStatus(st), name, int(member_id)), q)
-            for sid, mid, t, v, ts, lb, st, name, member_id, q in rows
-        ]
-
     # logs --------------------------------------------------------------------
-    def changes(self, after: int, limit: int) -> list[Change]:
-        return [
-            Change(int(seq), op, int(sid), HashValue(t, bytes(v)))
-            for seq, op, sid, t, v in self._db.execute(
-                "SELECT seq, op, signal_id, type, value FROM change WHERE seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (after, limit),
-            )
-        ]
-
-    def change_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
-        """Like `changes`, as plain (seq, op, signal_id, type, value) rows: the fast path
-        for replaying millions of changes into an index."""
-        return self._db.execute(
-            "SELECT seq, op, signal_id, type, value FROM change WHERE seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
-
-    def store_id(self) -> str:
-        return str(self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
-
-    def last_change(self) -> int:
-        row = self._db.execute("SELECT coalesce(max(seq), 0) FROM change").fetchone()
-        return int(row[0])
-
-    def log_events(self, events: Sequence[NewEvent]) -> None:
-        if events:
-            with self._write() as db:
-                _insert_events(db, events)
-
-    def events(self, after: int, limit: int, member_id: int | None) -> list[Event]:
-        sql = (
-            "SELECT e.id, e.at, e.kind, m.name, e.media_id, e.details FROM event e "
-            "LEFT JOIN member m ON m.id = e.member_id WHERE e.id > ? "
-        )
-        args: list[object] = [after]
-        if member_id is not None:
-            sql += "AND (e.member_id = ? OR e.owner_id = ?) "
-            args += [member_id, member_id]
-        sql += "ORDER BY e.id LIMIT ?"
-        args.append(limit)
-        return [
-            Event(int(i), at, kind, name, mid, json.loads(details))
-            for i, at, kind, name, mid, details in self._db.execute(sql, args)
-        ]
-
-
 def _statements(sql: str) -> list[str]:
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def _member(row: Sequence[object]) -> Member:
-    return Member(int(row[0]), str(row[1]), bool(row[2]), str(row[3]))  # type: ignore[call-overload]
-
-
-def _key(row: Sequence[object]) -> ApiKey:
-    roles = frozenset(Role(r) for r in str(row[1]).split(",") if r)
-    return ApiKey(str(row[0]), _member(row[4:8]), roles, str(row[2]),
-                  None if row[3] is None else str(row[3]))
 
 
 def _insert_events(
