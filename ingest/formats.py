@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from collections.abc import Iterator
@@ -85,7 +84,6 @@ def import_file(
     with open(path, encoding="utf-8") as lines, tqdm(
         unit=" hashes", disable=not sys.stderr.isatty(), unit_scale=True
     ) as bar:
-        chunk: list[HashItem] = []
         items = read_items(lines, fmt, labels)
         while True:
             chunk = [item for _, item in zip(range(CHUNK), items, strict=False)]
@@ -130,5 +128,3 @@ def export_file(service: Service, out: IO[str], fmt: str) -> int:
             count += 1
         after = rows[-1][0].signal_id
 
-
-__all__ = ["export_file", "import_file", "read_items", "io"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, File, Request, UploadFile
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as FormFile
 from starlette.responses import Response
@@ -20,7 +20,6 @@ from hashdb.matching import MatchOptions, MatchResult
 from hashdb.signals import Signal, signal_type
 
 router = APIRouter(prefix="/v1", tags=["matching"])
-Body = TypeVar("Body", bound=BaseModel)
 
 
 @router.post("/hash")
@@ -65,7 +64,7 @@ async def match(
             "send JSON signals (application/json) or the media as a multipart field 'file'",
             content_type=content_type,
         )
-    body = _parse(MatchRequest, await request.body())
+    body = _parse_match(await request.body())
     if body.max_distance is not None and options.max_distance is None:
         options = MatchOptions(body.max_distance, options.include_disputed, options.labels,
                                options.min_quality)
@@ -107,11 +106,11 @@ def _result(result: MatchResult) -> dict[str, Any]:
             "skipped": [s.as_json() for s in result.skipped]}
 
 
-def _parse(model: type[Body], raw: bytes) -> Body:
+def _parse_match(raw: bytes) -> MatchRequest:
     # Parsed by hand because this route also takes multipart; errors keep the one shape.
     from fastapi.exceptions import RequestValidationError
 
     try:
-        return model.model_validate_json(raw or b"{}")
+        return MatchRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
