@@ -1,6 +1,6 @@
 # hashdb: one container, SQLite under /data by default; set HASHDB_DATABASE_URL
 # for PostgreSQL. Media is never written to disk; only hashes and the index snapshot.
-FROM python:3.11-slim
+FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -1,5 +1,8 @@
 # hashdb: two commands set everything up on a fresh machine: `make run` and `make test`.
-PYTHON ?= python3
+# Python >= 3.12 (the SSCD model package needs it): the first suitable of python3.12,
+# python3.13, python3 and pyenv's installed versions, unless PYTHON is given.
+PYTHON ?= $(shell for p in python3.12 python3.13 python3 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) $(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3); do \
+            $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,9 +10,12 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA   ?= ./hashdb-data
 
-.PHONY: run test lint bench-hash bench-scale clean
+.PHONY: run test lint bench-hash bench-scale bench-robustness clean
 
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "hashdb needs Python >= 3.12: install it, or run make PYTHON=/path/to/python3.12"; exit 1; }
+	@# A venv left by an older Python is replaced, not patched.
+	@test ! -x $(BIN)/python || $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' || rm -rf $(VENV)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -31,6 +37,10 @@ bench-hash: $(STAMP)
 bench-scale: $(STAMP)
 	$(BIN)/pip install --quiet threatexchange
 	$(BIN)/python benchmarks/match_scale.py
+
+bench-robustness: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/robustness.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
