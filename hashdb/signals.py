@@ -44,7 +44,8 @@ class HashValue:
     def signal_type(self) -> SignalType:
         return signal_type(self.type)
 
-    def distance(self, other: HashValue) -> int:
+    def distance(self, other: HashValue) -> float:
+        """Hamming distance (an int) for binary types, 1 - cosine for vectors."""
         if other.type != self.type:
             raise InvalidSignal(
                 f"cannot compare a {self.type} hash with a {other.type} hash",
@@ -52,7 +53,7 @@ class HashValue:
             )
         return self.signal_type.distance(self.raw, other.raw)
 
-    def __sub__(self, other: HashValue) -> int:
+    def __sub__(self, other: HashValue) -> float:
         return self.distance(other)
 
     def __str__(self) -> str:
@@ -85,8 +86,13 @@ class SignalType:
 
     name: ClassVar[str]
     bits: ClassVar[int]
-    metric: ClassVar[Literal["hamming", "exact"]]
-    default_max_distance: ClassVar[int]
+    metric: ClassVar[Literal["hamming", "exact", "cosine"]]
+    # The match tier: what is safe to act on automatically (inclusive).
+    default_max_distance: ClassVar[float]
+    # The review band ends here (inclusive): hits between the two thresholds are
+    # `candidates`, shown only on request. Equal to the match threshold where a
+    # type has no band.
+    candidate_max_distance: ClassVar[float]
     media_types: ClassVar[frozenset[str]]
     # Hashes below this quality are neither contributed nor matched by default.
     min_quality: ClassVar[int | None] = None
@@ -127,10 +133,10 @@ class SignalType:
             raise InvalidSignal(f"a {self.name} value is {self.nbytes} bytes", type=self.name)
         return HashValue(self.name, bytes(raw))
 
-    def distance(self, a: bytes, b: bytes) -> int:
+    def distance(self, a: bytes, b: bytes) -> float:
         raise NotImplementedError
 
-    def check_max_distance(self, max_distance: int | None) -> int:
+    def check_max_distance(self, max_distance: float | None) -> float:
         if max_distance is None:
             return self.default_max_distance
         if not 0 <= max_distance <= self.bits:
@@ -148,22 +154,27 @@ class SignalType:
 
 class HammingSignalType(SignalType):
     metric = "hamming"
+    default_max_distance: ClassVar[int]
 
     def distance(self, a: bytes, b: bytes) -> int:
         x = np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8))
         return int(_POPCOUNT[x].sum())
 
+    def check_max_distance(self, max_distance: float | None) -> int:
+        return int(super().check_max_distance(max_distance))
+
 
 class ExactSignalType(SignalType):
     metric = "exact"
     default_max_distance = 0
+    candidate_max_distance = 0
     media_types = frozenset({"image", "video", "file"})
 
     def distance(self, a: bytes, b: bytes) -> int:
         # Exact types have no notion of nearness: equal or as far as can be.
         return 0 if a == b else self.bits
 
-    def check_max_distance(self, max_distance: int | None) -> int:
+    def check_max_distance(self, max_distance: float | None) -> int:
         return 0
 
 
@@ -171,6 +182,7 @@ class Pdq(HammingSignalType):
     name = "pdq"
     bits = 256
     default_max_distance = 31
+    candidate_max_distance = 31
     media_types = frozenset({"image", "video"})
     min_quality = 50
 
@@ -184,6 +196,7 @@ class PHash(HammingSignalType):
     # imagehash's 64-bit DCT hash. 8 keeps random pairs at ~2e-10 false-match
     # odds per pair while still matching light re-encodes; see the README.
     default_max_distance = 8
+    candidate_max_distance = 8
     media_types = frozenset({"image"})
 
     def compute(self, media: MediaFile) -> list[Signal]:
@@ -204,6 +217,65 @@ class Sha256(ExactSignalType):
 
     def compute(self, media: MediaFile) -> list[Signal]:
         return [Signal(HashValue(self.name, hashlib.sha256(media.data).digest()))]
+
+
+class VectorSignalType(SignalType):
+    """A float descriptor compared by cosine similarity. Values are int8 vectors
+    (`round(x * scale)`, clipped to +-127), shown as the hex of their bytes; the
+    distance is `1 - cosine` of the int8 vectors, a float in [0, 2]."""
+
+    metric = "cosine"
+    dims: ClassVar[int]
+    scale: ClassVar[float]
+
+    def distance(self, a: bytes, b: bytes) -> float:
+        return cosine_distance(np.frombuffer(a, np.int8), np.frombuffer(b, np.int8))
+
+    def check_max_distance(self, max_distance: float | None) -> float:
+        # A caller's max_distance is a Hamming budget; vector types keep their tiers.
+        return self.default_max_distance
+
+    def quantize(self, vector: np.ndarray) -> bytes:
+        """A float vector (any norm) as this type's int8 value."""
+        v = np.asarray(vector, np.float32).reshape(self.dims)
+        norm = float(np.linalg.norm(v))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise InvalidSignal(f"a {self.name} vector must be finite and non-zero")
+        q = np.clip(np.rint(v / norm * self.scale), -127, 127).astype(np.int8)
+        return q.tobytes()
+
+    def parse(self, text: object) -> HashValue:
+        value = super().parse(text)
+        if not np.frombuffer(value.raw, np.int8).any():
+            raise InvalidSignal(f"a {self.name} vector must not be all zeros", type=self.name)
+        return value
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - cosine similarity of two int8 vectors, computed exactly in integers."""
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    denom = float(np.sqrt(float(a64 @ a64) * float(b64 @ b64)))
+    return 1.0 - (float(a64 @ b64) / denom if denom else 0.0)
+
+
+class Sscd(VectorSignalType):
+    """Meta's SSCD copy-detection descriptor (`sscd_disc_mixup`, int8 ONNX), 512-d.
+
+    Unit vectors have components within +-0.2 in practice, so `scale` 508 maps
+    +-0.25 to +-127: no clipping seen, and cosines within 0.004 of the float model's.
+    """
+
+    name = "sscd"
+    dims = 512
+    bits = dims * 8
+    scale = 508.0
+    # Placeholders until benchmarks/robustness.py calibrates the tiers.
+    default_max_distance = 0.25
+    candidate_max_distance = 0.45
+    media_types = frozenset({"image"})
+
+    def compute(self, media: MediaFile) -> list[Signal]:
+        return media.sscd_signals()
 
 
 class Registry(Mapping[str, SignalType]):
@@ -233,7 +305,7 @@ class Registry(Mapping[str, SignalType]):
         return [self[n] for n in names]
 
 
-SIGNAL_TYPES = Registry([Pdq(), PHash(), Md5(), Sha256()])
+SIGNAL_TYPES = Registry([Pdq(), PHash(), Md5(), Sha256(), Sscd()])
 
 
 def signal_type(name: str) -> SignalType:

@@ -71,6 +71,13 @@ class MediaFile:
         result = pdq_from_pixels(self._pdq_pixels)
         return [Signal(HashValue("pdq", result.raw), quality=result.quality)]
 
+    def sscd_signals(self) -> list[Signal]:
+        from hashdb.signals import SIGNAL_TYPES
+        from ingest.sscd import embedding
+
+        st = SIGNAL_TYPES["sscd"]
+        return [Signal(HashValue("sscd", st.quantize(embedding(self.pil_image))))]  # type: ignore[attr-defined]
+
     def phash_signals(self) -> list[Signal]:
         # Same hex as str(imagehash.phash(img)) for the image Pillow decodes.
         value = imagehash.phash(self.pil_image)

@@ -43,7 +43,7 @@ def match_file(server: RunningServer, path: Path) -> dict:
 
 def test_contributing_a_file_stores_its_signals(contributed: dict) -> None:
     types = [s["type"] for s in contributed["signals"]]
-    assert types == ["pdq", "phash", "md5", "sha256"]
+    assert types == ["pdq", "phash", "md5", "sha256", "sscd"]
     pdq = contributed["signals"][0]
     assert len(pdq["value"]) == 64 and pdq["quality"] >= 80
     assert contributed["created"] is True and contributed["skipped"] == []
@@ -68,7 +68,7 @@ def test_the_same_file_matches_every_signal_type(
 ) -> None:
     result = match_file(server, bridge / "aaa-orig.jpg")
     by_type = {m["signal_type"]: m["distance"] for m in result["matches"]}
-    assert by_type == {"pdq": 0, "phash": 0, "md5": 0, "sha256": 0}
+    assert by_type == {"pdq": 0, "phash": 0, "md5": 0, "sha256": 0, "sscd": 0}
 
 
 def test_unrelated_images_do_not_match(

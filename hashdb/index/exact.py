@@ -35,7 +35,7 @@ class ExactIndex(LockedIndex):
                 if not bucket:
                     del self._by_value[value]
 
-    def _search_unlocked(self, queries: np.ndarray, max_distance: int) -> Hits:
+    def _search_unlocked(self, queries: np.ndarray, max_distance: float) -> Hits:
         queries = as_hash_matrix(queries, self.signal_type.nbytes)
         per_query = []
         for q in queries:

@@ -37,12 +37,12 @@ class FlatHammingIndex(LockedIndex):
         if len(ids) and self._index.ntotal:
             self._index.remove_ids(faiss.IDSelectorBatch(ids))
 
-    def _search_unlocked(self, queries: np.ndarray, max_distance: int) -> Hits:
+    def _search_unlocked(self, queries: np.ndarray, max_distance: float) -> Hits:
         queries = as_hash_matrix(queries, self.signal_type.nbytes)
         if not len(queries) or not self._index.ntotal:
             return Hits.from_lists([(np.zeros(0), np.zeros(0))] * len(queries))
         # FAISS's binary range search keeps distances strictly below the radius.
-        lims, dist, ids = self._index.range_search(queries, max_distance + 1)
+        lims, dist, ids = self._index.range_search(queries, int(max_distance) + 1)
         return Hits(lims.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32))
 
     def __len__(self) -> int:

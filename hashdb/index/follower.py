@@ -104,7 +104,7 @@ class IndexFollower:
         del parts
         self.indexes[name].add(ids, hashes)
 
-    def search(self, type_name: str, queries: np.ndarray, max_distance: int) -> Hits:
+    def search(self, type_name: str, queries: np.ndarray, max_distance: float) -> Hits:
         return self.indexes[type_name].search(queries, max_distance)
 
     def sizes(self) -> dict[str, int]:

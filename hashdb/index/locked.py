@@ -21,7 +21,7 @@ class LockedIndex:
     def _remove_unlocked(self, ids: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _search_unlocked(self, queries: np.ndarray, max_distance: int) -> Hits:
+    def _search_unlocked(self, queries: np.ndarray, max_distance: float) -> Hits:
         raise NotImplementedError
 
     def _save_unlocked(self, path: Path) -> None:
@@ -38,7 +38,7 @@ class LockedIndex:
         with self._lock:
             self._remove_unlocked(ids)
 
-    def search(self, queries: np.ndarray, max_distance: int) -> Hits:
+    def search(self, queries: np.ndarray, max_distance: float) -> Hits:
         with self._lock:
             return self._search_unlocked(queries, max_distance)
 

@@ -231,7 +231,7 @@ class MultiIndexHammingIndex:
             raise ValueError(f"{signal_type.name}: MIH needs a multiple of 64 bits")
         self.signal_type = signal_type
         self._words = signal_type.bits // 64
-        self._hint = signal_type.check_max_distance(max_distance_hint)
+        self._hint = int(signal_type.check_max_distance(max_distance_hint))
         self._merge_threshold = merge_threshold
         self._lock = threading.Lock()
         self._base = _Base.empty(self._words)
@@ -345,8 +345,8 @@ class MultiIndexHammingIndex:
 
     # ---- reads
 
-    def search(self, queries: np.ndarray, max_distance: int) -> Hits:
-        r = self.signal_type.check_max_distance(max_distance)
+    def search(self, queries: np.ndarray, max_distance: float) -> Hits:
+        r = int(self.signal_type.check_max_distance(max_distance))
         q64 = self._as_words(queries)
         with self._lock:
             base, delta, size = self._base, self._delta, self._delta.size
@@ -465,5 +465,5 @@ class MultiIndexHammingIndex:
         order = rng.permutation(self.signal_type.bits).astype(np.int16)
         base = _Base.build(layout, h, np.arange(64), order)
         for nq in (1, _BATCHED_FROM):
-            self._search_base(base, h[:nq], self.signal_type.default_max_distance)
+            self._search_base(base, h[:nq], int(self.signal_type.default_max_distance))
         kernels.brute_force(h[:1], h, base.dead, 0)
