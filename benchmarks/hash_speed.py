@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from hashdb.signals import HashValue  # noqa: E402
+from hashdb.signals import SIGNAL_TYPES, HashValue  # noqa: E402
 from ingest.media import MediaFile  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "data" / "pdq-reference"
@@ -72,7 +72,7 @@ def reference_pdq(data: bytes) -> tuple[bytes, int]:
 
 
 def ours_pdq(data: bytes) -> tuple[bytes, int]:
-    signal = MediaFile(data).pdq_signals()[0]
+    signal = SIGNAL_TYPES["pdq"].compute(MediaFile(data))[0]
     return signal.value.raw, int(signal.quality or 0)
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import print_header  # noqa: E402
 from realistic import DEFAULT_MODEL, PdqModel, realistic_pdq  # noqa: E402
 
+from hashdb.signals import SIGNAL_TYPES  # noqa: E402
 from ingest.media import MediaFile  # noqa: E402
 from ingest.pdq import bits_of, dct16, downsample64  # noqa: E402
 
@@ -65,8 +66,8 @@ def hash_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     for path in sorted(p for p in directory.iterdir() if p.is_file()):
         try:
             media = MediaFile(path.read_bytes())
-            signal = media.pdq_signals()[0]
-            dct = dct16(downsample64(media._pdq_pixels))
+            signal = SIGNAL_TYPES["pdq"].compute(media)[0]
+            dct = dct16(downsample64(media.pixels))
         except Exception:  # undecodable or over the size limits: not part of the corpus
             failed += 1
             continue

@@ -84,8 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
+    from hashdb.hashing import hash_media
     from hashdb.signals import SIGNAL_TYPES
-    from ingest.media import MediaLimits, hash_media
+    from ingest.media import MediaLimits
 
     types = SIGNAL_TYPES.parse_names(args.types)
     settings = Settings()

@@ -92,9 +92,10 @@ class StoredSignal:
     value: HashValue
     quality: int | None
     timestamp: float | None
+    variant: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return Signal(self.value, self.quality, self.timestamp).as_json()
+        return Signal(self.value, self.quality, self.timestamp, self.variant).as_json()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class SignalHit:
     status: MediaStatus
     contributor: str
     contributor_id: int
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

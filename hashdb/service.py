@@ -232,13 +232,16 @@ class Service:
         return key
 
     # hashing ---------------------------------------------------------------
-    def hash_media(self, data: bytes, types: str | None = None) -> tuple[str, list[Signal]]:
-        from ingest.media import MediaLimits, hash_media
+    def hash_media(
+        self, data: bytes, types: str | None = None, *, query: bool = False
+    ) -> tuple[str, list[Signal]]:
+        from hashdb.hashing import hash_media
+        from ingest.media import MediaLimits
 
         wanted = SIGNAL_TYPES.parse_names(types)
         limits = MediaLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
         with self._cpu:
-            return hash_media(data, wanted, limits)
+            return hash_media(data, wanted, limits, query=query)
 
     # contributing -------------------------------------------------------------
     def contribute_hashes(self, caller: Caller, items: Sequence[HashItem]) -> list[ItemOutcome]:

@@ -67,6 +67,9 @@ class Signal:
     value: HashValue
     quality: int | None = None
     timestamp: float | None = None
+    # How it was made from the media when not plainly: "trimmed" (inside uniform
+    # borders); for queries also a rotation or flip ("rotate90", "trimmed/flipy").
+    variant: str | None = None
 
     @property
     def type(self) -> str:
@@ -78,6 +81,8 @@ class Signal:
             out["quality"] = self.quality
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp
+        if self.variant is not None:
+            out["variant"] = self.variant
         return out
 
 
@@ -96,6 +101,9 @@ class SignalType:
     media_types: ClassVar[frozenset[str]]
     # Hashes below this quality are neither contributed nor matched by default.
     min_quality: ClassVar[int | None] = None
+    # Variants a stored signal may have, and a query signal may have (see Signal).
+    stored_variants: ClassVar[frozenset[str]] = frozenset()
+    query_variants: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def nbytes(self) -> int:
@@ -148,8 +156,26 @@ class SignalType:
         return max_distance
 
     def compute(self, media: MediaFile) -> list[Signal]:
-        """The signals of this type for one media file (empty if it does not apply)."""
+        """The signals of this type to store for one media file (empty if it does not
+        apply)."""
         raise NotImplementedError
+
+    def compute_query(self, media: MediaFile) -> list[Signal]:
+        """The signals to look up when matching the media: `compute`'s, plus the
+        variants that undo edits (rotations, flips, borders) where a type has them."""
+        return self.compute(media)
+
+    def check_variant(self, variant: object, stored: bool) -> str | None:
+        """A variant named by a caller, validated (None for a plain signal)."""
+        if variant is None:
+            return None
+        allowed = self.stored_variants if stored else self.query_variants
+        if not isinstance(variant, str) or variant not in allowed:
+            raise InvalidSignal(
+                f"unknown {self.name} variant {str(variant)[:40]!r}", type=self.name,
+                known=sorted(allowed),
+            )
+        return variant
 
 
 class HammingSignalType(SignalType):
@@ -178,16 +204,62 @@ class ExactSignalType(SignalType):
         return 0
 
 
+TRIMMED = "trimmed"
+DIHEDRAL = ("rotate90", "rotate180", "rotate270", "flipx", "flipy", "flipplus1", "flipminus1")
+
+
+def match_variant(type_name: str, query: str | None, stored: str | None) -> str:
+    """What found a match, for the reviewer: the type, "trimmed" if either side was
+    trimmed, and the rotation or flip the query shows (`pdq/trimmed/rotate90`)."""
+    parts = [type_name]
+    query_parts = query.split("/") if query else []
+    if TRIMMED in query_parts or stored == TRIMMED:
+        parts.append(TRIMMED)
+    parts.extend(p for p in query_parts if p != TRIMMED)
+    return "/".join(parts)
+
+
 class Pdq(HammingSignalType):
+    """Meta's PDQ. Besides the plain hash, a media with uniform borders also stores
+    the hash of the picture inside them ("trimmed"), and a query looks up the eight
+    rotations and flips of both (from one DCT each): see `compute_query`."""
+
     name = "pdq"
     bits = 256
     default_max_distance = 31
     candidate_max_distance = 31
     media_types = frozenset({"image", "video"})
     min_quality = 50
+    stored_variants = frozenset({TRIMMED})
+    query_variants = frozenset(
+        {TRIMMED, *DIHEDRAL, *(f"{TRIMMED}/{d}" for d in DIHEDRAL)}
+    )
 
     def compute(self, media: MediaFile) -> list[Signal]:
-        return media.pdq_signals()
+        from ingest.pdq import pdq_from_pixels
+
+        plain = pdq_from_pixels(media.pixels)
+        out = [Signal(HashValue(self.name, plain.raw), quality=plain.quality)]
+        if media.content_box is not None:
+            trimmed = pdq_from_pixels(media.content_box.crop(media.pixels))
+            if trimmed.raw != plain.raw:
+                out.append(Signal(HashValue(self.name, trimmed.raw), quality=trimmed.quality,
+                                  variant=TRIMMED))
+        return out
+
+    def compute_query(self, media: MediaFile) -> list[Signal]:
+        from ingest.pdq import pdq_dihedral
+
+        views = [(None, media.pixels)]
+        if media.content_box is not None:
+            views.append((TRIMMED, media.content_box.crop(media.pixels)))
+        out = []
+        for prefix, pixels in views:
+            for name, result in pdq_dihedral(pixels).items():
+                parts = [p for p in (prefix, None if name == "original" else name) if p]
+                out.append(Signal(HashValue(self.name, result.raw), quality=result.quality,
+                                  variant="/".join(parts) or None))
+        return out
 
 
 class PHash(HammingSignalType):
@@ -200,7 +272,11 @@ class PHash(HammingSignalType):
     media_types = frozenset({"image"})
 
     def compute(self, media: MediaFile) -> list[Signal]:
-        return media.phash_signals()
+        import imagehash
+
+        # Same hex as str(imagehash.phash(img)) for the image Pillow decodes.
+        value = imagehash.phash(media.pil_image)
+        return [Signal(HashValue(self.name, bytes.fromhex(str(value))))]
 
 
 class Md5(ExactSignalType):
@@ -209,6 +285,7 @@ class Md5(ExactSignalType):
 
     def compute(self, media: MediaFile) -> list[Signal]:
         return [Signal(HashValue(self.name, hashlib.md5(media.data).digest()))]
+
 
 
 class Sha256(ExactSignalType):
@@ -275,7 +352,9 @@ class Sscd(VectorSignalType):
     media_types = frozenset({"image"})
 
     def compute(self, media: MediaFile) -> list[Signal]:
-        return media.sscd_signals()
+        from ingest.sscd import embedding
+
+        return [Signal(HashValue(self.name, self.quantize(embedding(media.pil_image))))]
 
 
 class Registry(Mapping[str, SignalType]):

@@ -1,11 +1,13 @@
-"""One uploaded file, and the signals it yields.
+"""One uploaded file, decoded in memory into the neutral forms hashes are made of.
 
 `MediaFile` holds the bytes of one upload and decodes them lazily, in memory
-only. Each decoded form is made at most once per file: the PDQ pixels (for a
-clean JPEG, OpenCV's luma plane; otherwise Pillow's pixels) and the Pillow
-image that pHash reads. For a JPEG asked for both, that is two decodes, on
-purpose: a signal's value must depend only on the bytes, never on which other
-signals were requested with it.
+only. Each decoded form is made at most once per file: `pixels` (what PDQ reads:
+for a clean JPEG, OpenCV's luma plane; otherwise Pillow's pixels), the Pillow
+image that pHash and SSCD read, and the `content_box` inside uniform borders.
+For a JPEG asked for both, that is two decodes, on purpose: a signal's value
+must depend only on the bytes, never on which other signals were requested with
+it. Which hash is made of which form is the signal types' business
+(`hashdb.signals`); nothing here names one.
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import imagehash
 import numpy as np
 from PIL import Image
 
 from hashdb.errors import InvalidMedia, MediaTooLarge
-from hashdb.signals import SIGNAL_TYPES, HashValue, Signal, SignalType
 from ingest import decode
-from ingest.pdq import pdq_from_pixels
+from ingest.trim import Box, content_box
 
 
 @dataclass(frozen=True)
@@ -58,42 +58,17 @@ class MediaFile:
         return "image"
 
     @cached_property
-    def _pdq_pixels(self) -> np.ndarray:
+    def pixels(self) -> np.ndarray:
+        """H x W luma or H x W x 3 RGB uint8, stored orientation: what PDQ hashes."""
         luma = decode.decode_jpeg_luma(self.data, self.header)
         return decode.pixels_of(self.pil_image) if luma is None else luma
+
+    @cached_property
+    def content_box(self) -> Box | None:
+        """The picture inside uniform borders of `pixels`, or None if it has none."""
+        return content_box(self.pixels)
 
     @cached_property
     def pil_image(self) -> Image.Image:
         """The image as Pillow decodes it, in mode "L" or "RGB", stored orientation."""
         return decode.decode_pil(self.data, self.header)
-
-    def pdq_signals(self) -> list[Signal]:
-        result = pdq_from_pixels(self._pdq_pixels)
-        return [Signal(HashValue("pdq", result.raw), quality=result.quality)]
-
-    def sscd_signals(self) -> list[Signal]:
-        from hashdb.signals import SIGNAL_TYPES
-        from ingest.sscd import embedding
-
-        st = SIGNAL_TYPES["sscd"]
-        return [Signal(HashValue("sscd", st.quantize(embedding(self.pil_image))))]  # type: ignore[attr-defined]
-
-    def phash_signals(self) -> list[Signal]:
-        # Same hex as str(imagehash.phash(img)) for the image Pillow decodes.
-        value = imagehash.phash(self.pil_image)
-        return [Signal(HashValue("phash", bytes.fromhex(str(value))))]
-
-
-def hash_media(
-    data: bytes,
-    types: list[SignalType] | None = None,
-    limits: MediaLimits = MediaLimits(),  # noqa: B008
-) -> tuple[str, list[Signal]]:
-    """The media type of `data` and its signals of each type that applies to it."""
-    media = MediaFile(data, limits)
-    media_type = media.media_type
-    signals: list[Signal] = []
-    for signal_type in SIGNAL_TYPES.values() if types is None else types:
-        if media_type in signal_type.media_types:
-            signals.extend(signal_type.compute(media))
-    return media_type, signals

@@ -141,13 +141,45 @@ def bits_of(dct: np.ndarray) -> bytes:
 
 def pdq_from_pixels(pixels: np.ndarray) -> PdqResult:
     """PDQ of H x W luma or H x W x 3 RGB pixels (stored orientation)."""
+    return pdq_dihedral(pixels, ("original",))["original"]
+
+
+# The DCT of a rotated or flipped image is the DCT of the image with rows and
+# columns swapped (a transpose) and the coefficients of odd frequency negated
+# along a reversed axis (cos(pi*k*(2(63-j)+1)/128) = (-1)^k cos(pi*k*(2j+1)/128);
+# row i of the 16x16 block is frequency i + 1). So all eight dihedral hashes come
+# from one DCT, as in the reference's `dihedralFromBuffer`. Names are the
+# reference's, and say what the *query* is relative to the stored image: a query
+# that is the stored image rotated by 90 degrees is undone by UNDO["rotate90"].
+_ODD = np.where(np.arange(1, 17) % 2 == 1, -1.0, 1.0).astype(np.float32)
+_ROWS, _COLS = _ODD[:, None], _ODD[None, :]
+UNDO = {
+    "original": lambda c: c,
+    "rotate90": lambda c: c.T * _ROWS,
+    "rotate180": lambda c: c * _ROWS * _COLS,
+    "rotate270": lambda c: c.T * _COLS,
+    "flipx": lambda c: c * _ROWS,  # upside down
+    "flipy": lambda c: c * _COLS,  # mirrored left to right
+    "flipplus1": lambda c: c.T,  # mirrored across the main diagonal
+    "flipminus1": lambda c: c.T * _ROWS * _COLS,  # across the other diagonal
+}
+DIHEDRAL = tuple(UNDO)
+
+
+def pdq_dihedral(
+    pixels: np.ndarray, names: tuple[str, ...] = DIHEDRAL
+) -> dict[str, PdqResult]:
+    """The PDQ of each named dihedral transform of the image (see UNDO), from one DCT.
+    All share the quality of the image."""
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"expected H x W luma or H x W x 3 RGB, got shape {pixels.shape}")
     h, w = pixels.shape[:2]
     if h < MIN_HASHABLE_DIM or w < MIN_HASHABLE_DIM:
-        return PdqResult(bytes(32), 0)
+        return dict.fromkeys(names, PdqResult(bytes(32), 0))
     buf64 = downsample64(pixels)
-    return PdqResult(bits_of(dct16(buf64)), quality_of(buf64))
+    dct = dct16(buf64)
+    quality = quality_of(buf64)
+    return {name: PdqResult(bits_of(UNDO[name](dct)), quality) for name in names}
 
 
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)

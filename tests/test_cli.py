@@ -32,7 +32,10 @@ def test_hash_prints_json_lines(shared_data: Path) -> None:
     assert [line["path"] for line in lines] == [str(p) for p in images]
     for line in lines:
         assert line["media_type"] == "image"
-        assert [s["type"] for s in line["signals"]] == ["pdq", "sha256"]
+        # c.png has a thin dark frame: its trimmed PDQ comes after the plain one.
+        types = [(s["type"], s.get("variant")) for s in line["signals"]]
+        assert types in ([("pdq", None), ("sha256", None)],
+                         [("pdq", None), ("pdq", "trimmed"), ("sha256", None)])
         assert re.fullmatch(r"[0-9a-f]{64}", line["signals"][0]["value"])
         assert 0 <= line["signals"][0]["quality"] <= 100
 

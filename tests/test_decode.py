@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from hashdb.errors import HashdbError, InvalidMedia, MediaTooLarge
+from hashdb.hashing import hash_media
 from hashdb.signals import SIGNAL_TYPES, HashValue
 from ingest import decode
-from ingest.media import MediaFile, MediaLimits, hash_media
+from ingest.media import MediaFile, MediaLimits
 
 # Largest PDQ distance between original.jpg and any of its re-encodings in
 # another mode or format. Measured: 2 at most (1-bit, P, YCbCr, CMYK, WebP
@@ -40,11 +41,11 @@ def original(modes_dir: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def original_pdq(original: bytes) -> HashValue:
-    return MediaFile(original).pdq_signals()[0].value
+    return SIGNAL_TYPES["pdq"].compute(MediaFile(original))[0].value
 
 
 def pdq(data: bytes) -> HashValue:
-    return MediaFile(data).pdq_signals()[0].value
+    return SIGNAL_TYPES["pdq"].compute(MediaFile(data))[0].value
 
 
 def encode(img: Image.Image, fmt: str, **options: object) -> bytes:
@@ -66,7 +67,7 @@ def test_every_image_in_modes_folder_hashes_close_to_original(
             continue  # README.md; LAB.tiff is an empty file (see the next test)
         media = MediaFile(data)
         assert media.media_type == "image"
-        signal = media.pdq_signals()[0]
+        signal = SIGNAL_TYPES["pdq"].compute(media)[0]
         assert signal.quality == 100, path.name
         distances[path.name] = signal.value - original_pdq
     print("\nPDQ distance to original.jpg:", distances)
@@ -194,7 +195,7 @@ def test_bombs_are_refused_in_bounded_memory(original: bytes, tmp_path: Path) ->
         import resource, sys, warnings
         from pathlib import Path
         from hashdb.errors import MediaTooLarge
-        from ingest.media import hash_media
+        from hashdb.hashing import hash_media
         warnings.simplefilter("ignore")  # Pillow warns about the 144 Mpixel PNG
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for path in sorted(Path({str(tmp_path)!r}).iterdir()):
@@ -296,8 +297,8 @@ def test_each_decoded_form_is_made_once(
         calls.clear()
         media = MediaFile(data)
         for _ in range(2):
-            media.pdq_signals()
-            media.phash_signals()
+            SIGNAL_TYPES["pdq"].compute(media)
+            SIGNAL_TYPES["phash"].compute(media)
         assert sorted(calls) == ["decode_jpeg_luma", "decode_pil"]  # at most once each
 
 
@@ -331,7 +332,7 @@ def test_phash_matches_imagehash(shared_data: Path) -> None:
             continue
         with Image.open(path) as img:
             expected = str(imagehash.phash(img))
-        (signal,) = MediaFile(data).phash_signals()
+        (signal,) = SIGNAL_TYPES["phash"].compute(MediaFile(data))
         assert signal.value.type == "phash"
         assert len(signal.value.raw) == 8
         assert signal.value.hex == expected, path.name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashdb.signals import HashValue
+from hashdb.signals import SIGNAL_TYPES, HashValue
 from ingest.media import MediaFile
 from ingest.pdq import MIN_HASHABLE_DIM, downsample64, pdq_from_pixels
 
@@ -47,7 +47,8 @@ def rows(shared_data: Path, reg_input: Path) -> list[Row]:
     out = []
     with (shared_data / "pdq-reference" / "expected-pdq-cpp.csv").open() as f:
         for line in csv.DictReader(f):
-            signal = MediaFile((reg_input / line["path"]).read_bytes()).pdq_signals()[0]
+            data = (reg_input / line["path"]).read_bytes()
+            signal = SIGNAL_TYPES["pdq"].compute(MediaFile(data))[0]
             assert signal.quality is not None
             out.append(Row(line["path"], line["pdq_hex"], signal.value.hex, signal.quality))
     return out
@@ -107,7 +108,7 @@ PINNED = {
 
 @pytest.mark.parametrize("path", sorted(PINNED))
 def test_pinned_hashes(reg_input: Path, path: str) -> None:
-    signal = MediaFile((reg_input / path).read_bytes()).pdq_signals()[0]
+    signal = SIGNAL_TYPES["pdq"].compute(MediaFile((reg_input / path).read_bytes()))[0]
     assert signal.value.hex == PINNED[path]
     assert signal.quality == 100
 

@@ -213,7 +213,7 @@ class PostgresStore(SqlStore):
                         results.append(Contributed(found, False))
                         continue
                 signal_args = (member.id, value.type, value.raw, item.signal.quality,
-                               item.signal.timestamp)
+                               item.signal.timestamp, item.signal.variant)
                 if media_id is None:
                     # Media, signal and change in one round trip.
                     row = db.execute(
@@ -221,7 +221,7 @@ class PostgresStore(SqlStore):
                         " labels, note, source, status, created_at, updated_at) "
                         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id), "
                         "s AS (INSERT INTO signal (media_id, member_id, type, value, quality, "
-                        " timestamp) SELECT id, %s, %s, %s, %s, %s FROM md "
+                        " timestamp, variant) SELECT id, %s, %s, %s, %s, %s, %s FROM md "
                         " RETURNING id, type, value), "
                         "c AS (INSERT INTO change (op, signal_id, type, value) "
                         " SELECT 'add', id, type, value FROM s) "
@@ -238,7 +238,7 @@ class PostgresStore(SqlStore):
                 else:
                     db.execute(
                         "WITH s AS (INSERT INTO signal (media_id, member_id, type, value, "
-                        " quality, timestamp) VALUES (%s, %s, %s, %s, %s, %s) "
+                        " quality, timestamp, variant) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                         " RETURNING id, type, value) "
                         "INSERT INTO change (op, signal_id, type, value) "
                         "SELECT 'add', id, type, value FROM s",
@@ -336,7 +336,7 @@ class PostgresStore(SqlStore):
         with self._read() as db:
             rows = db.execute(
                 "SELECT s.id, s.media_id, s.type, s.value, s.timestamp, md.labels, md.status, "
-                "m.name, m.id FROM signal s JOIN media md ON md.id = s.media_id "
+                "m.name, m.id, s.variant FROM signal s JOIN media md ON md.id = s.media_id "
                 "JOIN member m ON m.id = md.member_id WHERE s.id = ANY(%s::bigint[])",
                 (ids,),
             ).fetchall()

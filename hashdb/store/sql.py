@@ -92,10 +92,12 @@ class SqlStore:
                       None if row[3] is None else self._time(row[3]))
 
     def _signal_hit(self, row: Sequence[Any]) -> SignalHit:
-        """(id, media_id, type, value, timestamp, labels, status, member name, member id)."""
-        sid, mid, t, v, ts, labels, status, name, member_id = row
+        """(id, media_id, type, value, timestamp, labels, status, member name, member id,
+        variant)."""
+        sid, mid, t, v, ts, labels, status, name, member_id, variant = row
         return SignalHit(int(sid), int(mid), HashValue(t, bytes(v)), ts,
-                         tuple(self._json(labels)), MediaStatus(status), name, int(member_id))
+                         tuple(self._json(labels)), MediaStatus(status), name, int(member_id),
+                         variant)
 
     # members and keys ------------------------------------------------------------
     def get_member(self, name: str) -> Member | None:
@@ -170,9 +172,9 @@ class SqlStore:
             if row is None:
                 return None
             signals = tuple(
-                StoredSignal(int(sid), media_id, HashValue(t, bytes(v)), q, ts)
-                for sid, t, v, q, ts in db.execute(
-                    self._sql("SELECT id, type, value, quality, timestamp FROM signal "
+                StoredSignal(int(sid), media_id, HashValue(t, bytes(v)), q, ts, variant)
+                for sid, t, v, q, ts, variant in db.execute(
+                    self._sql("SELECT id, type, value, quality, timestamp, variant FROM signal "
                               "WHERE media_id = ? ORDER BY id"),
                     (media_id,),
                 )
@@ -235,13 +237,13 @@ class SqlStore:
             rows = self._bulk(db).execute(
                 self._sql(
                     "SELECT s.id, s.media_id, s.type, s.value, s.timestamp, md.labels, "
-                    "md.status, m.name, m.id, s.quality FROM signal s "
+                    "md.status, m.name, m.id, s.variant, s.quality FROM signal s "
                     "JOIN media md ON md.id = s.media_id JOIN member m ON m.id = md.member_id "
                     "WHERE s.id > ? AND md.status = 'active' ORDER BY s.id LIMIT ?"
                 ),
                 (after, limit),
             ).fetchall()
-        return [(self._signal_hit(row[:9]), row[9]) for row in rows]
+        return [(self._signal_hit(row[:10]), row[10]) for row in rows]
 
     # logs ------------------------------------------------------------------------------
     def changes(self, after: int, limit: int) -> list[Change]:

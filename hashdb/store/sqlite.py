@@ -175,10 +175,10 @@ class SqliteStore(SqlStore):
                     if item.media_key is not None:
                         by_key[item.media_key] = media_id
                 cur = db.execute(
-                    "INSERT INTO signal (media_id, member_id, type, value, quality, timestamp) "
-                    "VALUES (?,?,?,?,?,?)",
+                    "INSERT INTO signal (media_id, member_id, type, value, quality, timestamp, "
+                    "variant) VALUES (?,?,?,?,?,?,?)",
                     (media_id, member.id, value.type, value.raw, item.signal.quality,
-                     item.signal.timestamp),
+                     item.signal.timestamp, item.signal.variant),
                 )
                 db.execute(
                     "INSERT INTO change (op, signal_id, type, value) VALUES ('add', ?, ?, ?)",
@@ -289,7 +289,7 @@ class SqliteStore(SqlStore):
             marks = ",".join("?" * len(chunk))
             for row in db.execute(
                 "SELECT s.id, s.media_id, s.type, s.value, s.timestamp, md.labels, md.status, "
-                "m.name, m.id FROM signal s JOIN media md ON md.id = s.media_id "
+                "m.name, m.id, s.variant FROM signal s JOIN media md ON md.id = s.media_id "
                 f"JOIN member m ON m.id = md.member_id WHERE s.id IN ({marks})",
                 chunk,
             ):
