@@ -27,7 +27,7 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 async def current_caller(request: Request, service: ServiceDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    return service.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+    return service.members.authenticate(key.strip() if scheme.lower() == "bearer" else None)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -38,9 +38,12 @@ async def match_options(
     include_disputed: bool = False,
     labels: Annotated[str | None, Query(description="comma-separated; any of them")] = None,
     min_quality: Annotated[int | None, Query(ge=0, le=100)] = None,
+    include_candidates: Annotated[bool, Query(
+        description="also return `candidates`: the review band, not safe to act on unseen"
+    )] = False,
 ) -> MatchOptions:
     wanted = frozenset(p.strip().lower() for p in (labels or "").split(",") if p.strip())
-    return MatchOptions(max_distance, include_disputed, wanted, min_quality)
+    return MatchOptions(max_distance, include_disputed, wanted, min_quality, include_candidates)
 
 
 MatchOptionsDep = Annotated[MatchOptions, Depends(match_options)]

@@ -23,10 +23,12 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         lookups = CounterMetricFamily("hashdb_lookups", "Query signals searched", labels=["type"])
         matches = CounterMetricFamily("hashdb_matches", "Matches returned", labels=["type"])
-        for (kind, type_name), n in sorted(self.service.stats.items()):
-            (lookups if kind == "lookups" else matches).add_metric([type_name], n)
-        yield lookups
-        yield matches
+        candidates = CounterMetricFamily("hashdb_candidates", "Review candidates returned",
+                                         labels=["type"])
+        families = {"lookups": lookups, "matches": matches, "candidates": candidates}
+        for (kind, type_name), n in sorted(self.service.matcher.stats.items()):
+            families[kind].add_metric([type_name], n)
+        yield from families.values()
         sizes = GaugeMetricFamily("hashdb_index_signals", "Signals in the index", labels=["type"])
         for name, n in self.service.follower.sizes().items():
             sizes.add_metric([name], n)

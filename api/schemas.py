@@ -15,6 +15,8 @@ class SignalIn(_Body):
     value: str
     quality: int | None = Field(None, ge=0, le=100)
     timestamp: float | None = Field(None, ge=0)
+    # A query made by undoing an edit locally (e.g. "rotate90"): reported on matches.
+    variant: str | None = None
 
 
 class MatchRequest(_Body):
@@ -41,6 +43,8 @@ class HashItemIn(_Body):
     quality: int | None = Field(None, ge=0, le=100)
     note: str | None = None
     source: str | None = None
+    # "trimmed" for the hash of the picture inside uniform borders.
+    variant: str | None = None
 
 
 class HashesRequest(_Body):

@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pin_native_threads()
     service = Service(settings)
     service.store.migrate()
-    key = service.ensure_admin_key()
+    key = service.members.ensure_admin_key()
     base = f"http://{settings.host}:{settings.port}"
     where = settings.database_url or f"SQLite in {settings.data_dir.resolve()}"
     print(f"hashdb starting: {where}, loading the indexes...", flush=True)
@@ -112,7 +112,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     service = Service(_settings(args))
     try:
         service.store.migrate()
-        record, key = service.create_key(
+        record, key = service.members.create_key(
             None, args.member, args.roles.split(","), create_member=True,
             trusted_flagger=args.trusted_flagger,
         )

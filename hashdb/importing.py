@@ -23,6 +23,7 @@ class HashItem(NamedTuple):
     quality: int | None = None
     note: str | None = None
     source: str | None = None
+    variant: str | None = None
 
 
 class ImportSession:

@@ -1,5 +1,6 @@
 """What a match is: options, hits, results, and the rules that decide what a
-caller sees (quality floor, status, labels). The Service runs the searches."""
+caller sees (quality floor, status, labels, the two tiers). The Matcher runs the
+searches."""
 
 from __future__ import annotations
 
@@ -11,15 +12,31 @@ from typing import Any
 
 from hashdb.index.base import Hits
 from hashdb.models import MediaStatus, SignalHit
-from hashdb.signals import HashValue, Signal, signal_type
+from hashdb.signals import HashValue, Signal, SignalType, match_variant, signal_type
 
 
 @dataclass(frozen=True, slots=True)
 class MatchOptions:
+    # A Hamming budget for the binary types (the match tier; no review band then).
     max_distance: int | None = None
     include_disputed: bool = False
     labels: frozenset[str] = frozenset()
     min_quality: int | None = None
+    # Also return the review band (`candidates`): hits not safe to act on unseen.
+    include_candidates: bool = False
+
+    def thresholds(self, st: SignalType) -> tuple[float, float]:
+        """(match tier, review band edge) for a signal type: inclusive distances."""
+        if self.max_distance is not None and st.metric == "hamming":
+            radius = st.check_max_distance(self.max_distance)
+            return radius, radius
+        return st.default_max_distance, max(st.default_max_distance,
+                                            st.candidate_max_distance)
+
+    def radius(self, st: SignalType) -> float:
+        """How far the index is searched for this type."""
+        match, band = self.thresholds(st)
+        return band if self.include_candidates else match
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +54,37 @@ class Skipped:
 
 @dataclass(frozen=True, slots=True)
 class Match:
+    """One stored signal found for one query signal. `variant` says what found it
+    (`pdq`, `pdq/rotate90`, `pdq/trimmed`, `sscd`...); `score` is the similarity
+    where a type has one (sscd: the cosine)."""
+
     query_index: int
     media_id: int
     signal_type: str
-    distance: int
+    distance: float
     labels: tuple[str, ...]
     contributor: str
     status: MediaStatus
     value: HashValue
     contributor_id: int
     timestamp: float | None = None
+    variant: str = ""
+    score: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "query_index": self.query_index,
             "media_id": self.media_id,
             "signal_type": self.signal_type,
+            "variant": self.variant or self.signal_type,
             "distance": self.distance,
             "labels": list(self.labels),
             "contributor": self.contributor,
             "status": self.status.value,
             "value": self.value.hex,
         }
+        if self.score is not None:
+            out["score"] = self.score
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp
         return out
@@ -79,8 +105,12 @@ class Found:
 
 @dataclass(slots=True)
 class MatchResult:
+    """`matches` are safe to act on; `candidates` (only when asked for) are the
+    review band, for media not already in `matches`."""
+
     matches: list[Match] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    candidates: list[Match] = field(default_factory=list)
 
 
 class BatchGate:
@@ -145,6 +175,27 @@ def visible(hit: SignalHit, options: MatchOptions) -> bool:
     return not options.labels or bool(options.labels.intersection(hit.labels))
 
 
-def match_of(query_index: int, hit: SignalHit, distance: int) -> Match:
+def match_of(query_index: int, query: Signal, hit: SignalHit, distance: float) -> Match:
+    st = hit.value.signal_type
+    score: float | None = None
+    if st.metric == "cosine":
+        distance = round(float(distance), 4)
+        score = round(1.0 - distance, 4)
+    else:
+        distance = int(distance)
     return Match(query_index, hit.media_id, hit.value.type, distance, hit.labels,
-                 hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp)
+                 hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp,
+                 match_variant(st.name, query.variant, hit.variant), score)
+
+
+def best_per_media(matches: list[Match]) -> list[Match]:
+    """For one upload (all its signals are views of one media): the closest match
+    of each signal type per media, the plainest variant on a tie."""
+    best: dict[tuple[int, str], Match] = {}
+    for m in matches:
+        key = (m.media_id, m.signal_type)
+        old = best.get(key)
+        if old is None or (m.distance, m.variant.count("/")) < (old.distance,
+                                                               old.variant.count("/")):
+            best[key] = m
+    return sorted(best.values(), key=lambda m: (m.query_index, m.distance, m.media_id))

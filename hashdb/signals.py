@@ -250,7 +250,7 @@ class Pdq(HammingSignalType):
     def compute_query(self, media: MediaFile) -> list[Signal]:
         from ingest.pdq import pdq_dihedral
 
-        views = [(None, media.pixels)]
+        views: list[tuple[str | None, np.ndarray]] = [(None, media.pixels)]
         if media.content_box is not None:
             views.append((TRIMMED, media.content_box.crop(media.pixels)))
         out = []

@@ -77,8 +77,8 @@ def import_file(
 
     if service.store.get_member(member) is None:
         service.store.create_member(member, False)
-    caller = service.acting_as(member, [Role.CONTRIBUTOR])
-    session = service.start_import(caller)
+    caller = service.members.acting_as(member, [Role.CONTRIBUTOR])
+    session = service.contributions.start_import(caller)
     fmt = _detect(path) if fmt == "auto" else fmt
     created = existing = rejected = 0
     with open(path, encoding="utf-8") as lines, tqdm(
@@ -90,7 +90,7 @@ def import_file(
             if not chunk:
                 break
             try:
-                made, had, refused = service.import_hashes(caller, chunk, session)
+                made, had, refused = service.contributions.import_hashes(caller, chunk, session)
             except HashdbError as exc:
                 raise InvalidRequest(f"import stopped: {exc.message}", **exc.details) from exc
             created, existing, rejected = created + made, existing + had, rejected + refused
@@ -104,7 +104,7 @@ def export_file(service: Service, out: IO[str], fmt: str) -> int:
     if writer:
         writer.writerow(["signal_type", "signal_str", "collab", "category", "tags"])
     while True:
-        rows = service.export_signals(after, CHUNK)
+        rows = service.contributions.export_signals(after, CHUNK)
         if not rows:
             return count
         for hit, quality in rows:

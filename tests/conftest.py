@@ -61,14 +61,14 @@ class RunningServer:
         self._clients.clear()
 
     def new_key(self, member: str, roles: str) -> str:
-        _, key = self.service.create_key(None, member, roles.split(","), create_member=True)
+        _, key = self.service.members.create_key(None, member, roles.split(","), create_member=True)
         return key
 
 
 def start_server(settings: Settings) -> Iterator[RunningServer]:
     service = Service(settings)
     service.store.migrate()
-    admin_key = service.ensure_admin_key()
+    admin_key = service.members.ensure_admin_key()
     assert admin_key is not None
     app = create_app(settings, service)
     port = free_port()

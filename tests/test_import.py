@@ -29,24 +29,24 @@ def items(values: list[str], **extra: object) -> list[HashItem]:
 def test_chunks_of_a_first_import_are_deduplicated_across_chunks(service: Service) -> None:
     rng = np.random.default_rng(11)
     values = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(300)]
-    caller = service.acting_as("gifct", [Role.CONTRIBUTOR])
-    session = service.start_import(caller)
+    caller = service.members.acting_as("gifct", [Role.CONTRIBUTOR])
+    session = service.contributions.start_import(caller)
     assert session.member_was_empty
-    assert service.import_hashes(caller, items(values[:200]), session) == (200, 0, 0)
+    assert service.contributions.import_hashes(caller, items(values[:200]), session) == (200, 0, 0)
     # The second chunk repeats 50 values of the first: they must not be stored twice.
-    assert service.import_hashes(caller, items(values[150:]), session) == (100, 50, 0)
+    assert service.contributions.import_hashes(caller, items(values[150:]), session) == (100, 50, 0)
     assert service.follower.sizes()["pdq"] == 300
     # A later import of the same list creates nothing.
-    again = service.start_import(caller)
+    again = service.contributions.start_import(caller)
     assert not again.member_was_empty
-    assert service.import_hashes(caller, items(values), again) == (0, 300, 0)
+    assert service.contributions.import_hashes(caller, items(values), again) == (0, 300, 0)
 
 
 def test_import_rejects_low_quality_and_bad_values(service: Service) -> None:
-    caller = service.acting_as("gifct", [Role.CONTRIBUTOR])
+    caller = service.members.acting_as("gifct", [Role.CONTRIBUTOR])
     low = items(["ab" * 32], quality=10)
-    assert service.import_hashes(caller, low) == (0, 0, 1)
+    assert service.contributions.import_hashes(caller, low) == (0, 0, 1)
     from hashdb.errors import InvalidSignal
 
     with pytest.raises(InvalidSignal):
-        service.import_hashes(caller, items(["xyz"]))
+        service.contributions.import_hashes(caller, items(["xyz"]))

@@ -77,10 +77,10 @@ def test_a_write_elsewhere_reaches_the_polling_server(
     writer = Service(Settings(data_dir=tmp_path, database_url=database_url,
                               index_snapshots=False))
     try:
-        _, key = writer.create_key(None, "carol", ["contributor", "matcher"],
+        _, key = writer.members.create_key(None, "carol", ["contributor", "matcher"],
                                    create_member=True)
-        caller = writer.authenticate(key)
-        [done] = writer.contribute_hashes(caller, [HashItem("pdq", OTHER, ["csam"])])
+        caller = writer.members.authenticate(key)
+        [done] = writer.contributions.contribute_hashes(caller, [HashItem("pdq", OTHER, ["csam"])])
         matcher = pg_server.client(key)
         query = {"signals": [{"type": "pdq", "value": OTHER}]}
         deadline = time.monotonic() + 10
@@ -111,21 +111,21 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Service, Service]]:
 def test_two_replicas_follow_one_change_log(replicas: tuple[Service, Service]) -> None:
     one, two = replicas
     assert one.store.store_id() == two.store.store_id()
-    _, key = one.create_key(None, "dave", ["contributor", "matcher"], create_member=True)
-    at_one, at_two = one.authenticate(key), two.authenticate(key)
+    _, key = one.members.create_key(None, "dave", ["contributor", "matcher"], create_member=True)
+    at_one, at_two = one.members.authenticate(key), two.members.authenticate(key)
     query = [Signal(HashValue.from_hex("pdq", NEAR))]
-    [done] = one.contribute_hashes(at_one, [HashItem("pdq", ORIGINAL, ["terrorism"])])
+    [done] = one.contributions.contribute_hashes(at_one, [HashItem("pdq", ORIGINAL, ["terrorism"])])
     assert done.created and done.media_id is not None
-    assert [m.media_id for m in one.match(at_one, query).matches] == [done.media_id]
+    assert [m.media_id for m in one.matcher.match(at_one, query).matches] == [done.media_id]
     # The other replica sees it once it has followed the change log, not before.
-    assert two.match(at_two, query).matches == []
+    assert two.matcher.match(at_two, query).matches == []
     assert two.follower.sync() >= 1
-    [hit] = two.match(at_two, query).matches
+    [hit] = two.matcher.match(at_two, query).matches
     assert (hit.media_id, hit.contributor, hit.labels) == (done.media_id, "dave",
                                                            ("terrorism",))
     # A withdrawal travels the same way.
-    one.withdraw(at_one, done.media_id)
-    assert one.match(at_one, query).matches == []
+    one.contributions.withdraw(at_one, done.media_id)
+    assert one.matcher.match(at_one, query).matches == []
     assert two.follower.sync() == 1
-    assert two.match(at_two, query).matches == []
+    assert two.matcher.match(at_two, query).matches == []
     assert one.follower.cursor == two.follower.cursor == one.store.last_change()

@@ -23,14 +23,15 @@ def start(data_dir: Path) -> Service:
 def contribute(service: Service, values: list[str]) -> None:
     if service.store.get_member("m") is None:
         service.store.create_member("m", False)
-    caller = service.acting_as("m", [Role.CONTRIBUTOR])
-    service.contribute_hashes(caller, [HashItem("pdq", v, ["terrorism"]) for v in values])
+    caller = service.members.acting_as("m", [Role.CONTRIBUTOR])
+    items = [HashItem("pdq", v, ["terrorism"]) for v in values]
+    service.contributions.contribute_hashes(caller, items)
 
 
 def matched(service: Service, value: str) -> bool:
-    caller = service.acting_as("m", [Role.MATCHER])
+    caller = service.members.acting_as("m", [Role.MATCHER])
     signal = Signal(HashValue.from_hex("pdq", value))
-    return bool(service.match(caller, [signal]).matches)
+    return bool(service.matcher.match(caller, [signal]).matches)
 
 
 def values(n: int, seed: int) -> list[str]:

@@ -14,20 +14,20 @@ router = APIRouter(prefix="/v1", tags=["members"])
 
 @router.post("/members", status_code=201)
 def create_member(body: MemberIn, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    member = service.create_member(caller, body.name, body.trusted_flagger)
+    member = service.members.create_member(caller, body.name, body.trusted_flagger)
     return {"name": member.name, "trusted_flagger": member.trusted_flagger,
             "created_at": member.created_at}
 
 
 @router.post("/members/{name}/keys", status_code=201)
 def create_key(name: str, body: KeyIn, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    record, key = service.create_key(caller, name, body.roles)
+    record, key = service.members.create_key(caller, name, body.roles)
     return {"key_id": record.key_id, "member": name, "roles": sorted(record.roles), "key": key}
 
 
 @router.delete("/keys/{key_id}")
 def revoke_key(key_id: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    service.revoke_key(caller, key_id)
+    service.members.revoke_key(caller, key_id)
     return {"key_id": key_id, "revoked": True}
 
 

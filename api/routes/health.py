@@ -8,8 +8,8 @@ from starlette.responses import Response
 
 from api.deps import CallerDep, ServiceDep
 from hashdb.errors import NotReady
+from hashdb.members import require_role
 from hashdb.models import Role
-from hashdb.service import require_role
 
 router = APIRouter(tags=["health"])
 

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api.batch import read_batch
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
 from api.responses import json_response
-from api.schemas import BatchRequest, MatchRequest
+from api.schemas import BatchRequest, MatchRequest, SignalIn
 from api.upload import read_upload
 from hashdb.errors import InvalidRequest
 from hashdb.matching import MatchOptions, MatchResult
@@ -55,10 +55,11 @@ async def match(
                 raise InvalidRequest("send the media as a multipart field named 'file'")
             data = read_upload(upload)
         media_type, signals, result = await run_in_threadpool(
-            service.match_media, caller, data, options
+            service.matcher.match_media, caller, data, options
         )
         return json_response({"media_type": media_type,
-                              "signals": [s.as_json() for s in signals], **_result(result)})
+                              "signals": [s.as_json() for s in signals],
+                              **_result(result, options)})
     if content_type and not content_type.startswith("application/json"):
         raise InvalidRequest(
             "send JSON signals (application/json) or the media as a multipart field 'file'",
@@ -67,21 +68,19 @@ async def match(
     body = _parse_match(await request.body())
     if body.max_distance is not None and options.max_distance is None:
         options = MatchOptions(body.max_distance, options.include_disputed, options.labels,
-                               options.min_quality)
-    signals = [
-        Signal(signal_type(s.type).parse(s.value), s.quality, s.timestamp) for s in body.signals
-    ]
-    if service.is_light(signals, options):
+                               options.min_quality, options.include_candidates)
+    signals = [_signal(s) for s in body.signals]
+    if service.matcher.is_light(signals, options):
         # A lookup or two at the default threshold costs less than handing it to a
         # thread (and GIL hand-offs with dozens of threads cost tail latency): search
         # here, and go to a thread only for the database, when something matched.
-        found = service.search(caller, signals, options)
+        found = service.matcher.search(caller, signals, options)
         if not found.any:
-            return json_response(_result(service.resolve(caller, found)))
-        result = await run_in_threadpool(service.resolve, caller, found)
+            return json_response(_result(service.matcher.resolve(caller, found), options))
+        result = await run_in_threadpool(service.matcher.resolve, caller, found)
     else:
-        result = await run_in_threadpool(service.match, caller, signals, options)
-    return json_response(_result(result))
+        result = await run_in_threadpool(service.matcher.match, caller, signals, options)
+    return json_response(_result(result, options))
 
 
 @router.post("/match/batch", openapi_extra={"requestBody": {"content": {
@@ -92,18 +91,31 @@ async def match_batch(
     raw = await request.body()
 
     def run() -> Response:
-        results = service.match_batch(caller, read_batch(raw), options)
-        return json_response({"results": [{"id": qid, "matches": [m.as_json() for m in ms]}
-                                          for qid, ms in results]})
+        results = service.matcher.match_batch(caller, read_batch(raw), options)
+        out = []
+        for qid, matches, candidates in results:
+            item: dict[str, Any] = {"id": qid, "matches": [m.as_json() for m in matches]}
+            if options.include_candidates:
+                item["candidates"] = [c.as_json() for c in candidates]
+            out.append(item)
+        return json_response({"results": out})
 
     # Reading and searching 10,000 queries is CPU work: off the event loop, so
     # that single lookups keep flowing meanwhile.
     return await run_in_threadpool(run)
 
 
-def _result(result: MatchResult) -> dict[str, Any]:
-    return {"matches": [m.as_json() for m in result.matches],
-            "skipped": [s.as_json() for s in result.skipped]}
+def _result(result: MatchResult, options: MatchOptions) -> dict[str, Any]:
+    out = {"matches": [m.as_json() for m in result.matches],
+           "skipped": [s.as_json() for s in result.skipped]}
+    if options.include_candidates:
+        out["candidates"] = [c.as_json() for c in result.candidates]
+    return out
+
+
+def _signal(s: SignalIn) -> Signal:
+    st = signal_type(s.type)
+    return Signal(st.parse(s.value), s.quality, s.timestamp, st.check_variant(s.variant, False))
 
 
 def _parse_match(raw: bytes) -> MatchRequest:

@@ -24,7 +24,7 @@ def contribute_media(
     note: str | None = Form(None),
     source: str | None = Form(None),
 ) -> dict[str, Any]:
-    contributed, signals, skipped = service.contribute_media(
+    contributed, signals, skipped = service.contributions.contribute_media(
         caller, read_upload(file), labels.split(","), note, source
     )
     return {
@@ -41,22 +41,22 @@ def contribute_hashes(
 ) -> dict[str, Any]:
     items = [
         HashItem(i.type, i.value, i.labels.split(",") if isinstance(i.labels, str) else i.labels,
-                 i.media_key, i.timestamp, i.quality, i.note, i.source)
+                 i.media_key, i.timestamp, i.quality, i.note, i.source, i.variant)
         for i in body.items
     ]
-    return {"items": [o.as_json() for o in service.contribute_hashes(caller, items)]}
+    return {"items": [o.as_json() for o in service.contributions.contribute_hashes(caller, items)]}
 
 
 @router.get("/media/{media_id}")
 def get_media(media_id: int, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    return media_json(service.get_media(caller, media_id), caller)
+    return media_json(service.contributions.get_media(caller, media_id), caller)
 
 
 @router.delete("/media/{media_id}")
 def withdraw_media(
     media_id: int, caller: CallerDep, service: ServiceDep, body: WithdrawIn | None = None
 ) -> dict[str, Any]:
-    record = service.withdraw(caller, media_id, body.reason if body else None)
+    record = service.contributions.withdraw(caller, media_id, body.reason if body else None)
     return media_json(record, caller)
 
 

@@ -1,0 +1,228 @@
+"""The Matcher: searches the indexes for query signals, then asks the store what
+the hits are, applies the rules of `hashdb.matching`, and writes the audit log."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from hashdb.contributions import check_batch
+from hashdb.errors import NotReady
+from hashdb.index.base import Hits
+from hashdb.matching import (
+    BatchGate,
+    Found,
+    Match,
+    MatchOptions,
+    MatchResult,
+    best_per_media,
+    match_of,
+    split_by_quality,
+    visible,
+)
+from hashdb.members import require_role
+from hashdb.models import Caller, NewEvent, Role, SignalHit
+from hashdb.settings import Settings
+from hashdb.signals import HashValue, Signal, signal_type
+
+log = logging.getLogger(__name__)
+
+# Searches of at most this many queries skip the CPU queue that batches wait in.
+SMALL_SEARCH = 16
+# Batch searches go to the index this many queries at a time (MIH is near its best
+# from ~4k queries a call).
+BATCH_CHUNK = 4096
+# Match requests with at most this many signals may be searched on the event loop.
+LIGHT_SIGNALS = 4
+
+# (data) -> (media type, signals to look up, with their variants)
+QueryHasher = Callable[[bytes], tuple[str, list[Signal]]]
+
+
+class MatchStore(Protocol):
+    """The part of the Store that matching needs."""
+
+    def signal_hits(self, signal_ids: Sequence[int]) -> dict[int, SignalHit]: ...
+
+    def log_events(self, events: Sequence[NewEvent]) -> None: ...
+
+
+class IndexSearch(Protocol):
+    """The in-memory indexes, as the matcher sees them."""
+
+    ready: bool
+
+    def search(self, type_name: str, queries: np.ndarray, max_distance: float) -> Hits: ...
+
+
+class Matcher:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MatchStore,
+        indexes: IndexSearch,
+        hasher: QueryHasher,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.indexes = indexes
+        self._hash = hasher
+        self._batches = BatchGate(settings.cpu_workers)
+        # ("lookups" | "matches" | "candidates", signal type) -> count, for /metrics.
+        self.stats: Counter[tuple[str, str]] = Counter()
+
+    def match(
+        self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
+    ) -> MatchResult:
+        return self.resolve(caller, self.search(caller, signals, options))
+
+    def search(
+        self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
+    ) -> Found:
+        """The in-memory half of `match`: index hits, no database. Cheap for a few
+        signals at the default threshold (see `is_light`)."""
+        require_role(caller, Role.MATCHER)
+        check_batch(signals, "signals", self.settings.max_batch)
+        queries, skipped = split_by_quality(signals, options.min_quality)
+        return Found(self._index_hits(queries, options), options, skipped)
+
+    def resolve(self, caller: Caller, found: Found, one_media: bool = False) -> MatchResult:
+        """The database half of `match`: what the hits are, visible to this caller,
+        and the audit log. Touches the database only if there are hits. With
+        `one_media`, the signals are all views of one upload: the closest of each
+        type per media is kept."""
+        matches, candidates = self._matches(found.hits, found.options)
+        if one_media:
+            matches, candidates = best_per_media(matches), best_per_media(candidates)
+        shown = {m.media_id for m in matches}
+        candidates = [c for c in candidates if c.media_id not in shown]
+        self._log(caller, matches, "match")
+        self._log(caller, candidates, "candidate")
+        return MatchResult(matches, found.skipped, candidates)
+
+    @staticmethod
+    def is_light(signals: Sequence[Signal], options: MatchOptions) -> bool:
+        """Whether `search` is cheap enough (well under a millisecond at 10M hashes)
+        to run inline on an event loop: a few binary signals, no wider than the
+        defaults."""
+        if len(signals) > LIGHT_SIGNALS:
+            return False
+        for s in signals:
+            st = signal_type(s.type)
+            if st.metric == "cosine" or options.radius(st) > st.default_max_distance:
+                return False
+        return True
+
+    def match_media(
+        self, caller: Caller, data: bytes, options: MatchOptions = MatchOptions()
+    ) -> tuple[str, list[Signal], MatchResult]:
+        require_role(caller, Role.MATCHER)
+        media_type, signals = self._hash(data)
+        found = self.search(caller, signals, options)
+        return media_type, signals, self.resolve(caller, found, one_media=True)
+
+    def match_batch(
+        self, caller: Caller, queries: Sequence[tuple[str | int, HashValue]], options: MatchOptions
+    ) -> list[tuple[str | int, list[Match], list[Match]]]:
+        """(client id, matches, candidates) for each query, in order."""
+        require_role(caller, Role.MATCHER)
+        check_batch(queries, "queries", self.settings.max_batch)
+        hits = self._index_hits([(i, Signal(v)) for i, (_, v) in enumerate(queries)], options)
+        matches, candidates = self._matches(hits, options)
+        self._log(caller, matches, "match")
+        self._log(caller, candidates, "candidate")
+        per_query: list[tuple[list[Match], list[Match]]] = [([], []) for _ in queries]
+        for m in matches:
+            per_query[m.query_index][0].append(m)
+        for c in candidates:
+            per_query[c.query_index][1].append(c)
+        return [(qid, *per_query[i]) for i, (qid, _) in enumerate(queries)]
+
+    def _index_hits(
+        self, queries: Sequence[tuple[int, Signal]], options: MatchOptions
+    ) -> list[tuple[Hits, list[tuple[int, Signal]]]]:
+        if not self.indexes.ready:
+            raise NotReady("the indexes are still loading; retry shortly")
+        by_type: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
+        for q in queries:
+            by_type[q[1].type].append(q)
+        found: list[tuple[Hits, list[tuple[int, Signal]]]] = []
+        for type_name, group in by_type.items():
+            st = signal_type(type_name)
+            radius = options.radius(st)
+            matrix = np.frombuffer(
+                b"".join(s.value.raw for _, s in group), np.uint8
+            ).reshape(len(group), st.nbytes)
+            if len(group) <= SMALL_SEARCH:
+                # Single lookups never queue behind batches: they cost ~1 ms.
+                self._batches.light_seen()
+                hits = self.indexes.search(type_name, matrix, radius)
+            else:
+                hits = self._search_in_chunks(type_name, matrix, radius)
+            found.append((hits, group))
+            self.stats["lookups", type_name] += len(group)
+        return found
+
+    def _search_in_chunks(self, type_name: str, matrix: np.ndarray, radius: float) -> Hits:
+        """A batch search, a few thousand queries at a time, each chunk waiting for a
+        core: all cores when only batches run, all but one while single lookups flow."""
+        parts = []
+        for lo in range(0, len(matrix), BATCH_CHUNK):
+            with self._batches:
+                parts.append(self.indexes.search(type_name, matrix[lo : lo + BATCH_CHUNK],
+                                                 radius))
+        return Hits.concat(parts)
+
+    def _matches(
+        self, found: list[tuple[Hits, list[tuple[int, Signal]]]], options: MatchOptions
+    ) -> tuple[list[Match], list[Match]]:
+        """The visible hits, nearest first per query signal, split into the two tiers."""
+        ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0, np.int64)
+        if not len(ids):
+            return [], []
+        known = self.store.signal_hits([int(i) for i in ids])
+        matches: list[Match] = []
+        candidates: list[Match] = []
+        cap = self.settings.max_matches_per_signal
+        for hits, group in found:
+            if not len(hits.ids):
+                continue
+            tier_edge = options.thresholds(signal_type(group[0][1].type))[0]
+            for j, (qi, query) in enumerate(group):
+                sids, dists = hits.of(j)
+                order = np.argsort(dists, kind="stable")
+                kept = 0
+                for k in order:
+                    hit = known.get(int(sids[k]))
+                    if hit is None or not visible(hit, options):
+                        continue
+                    m = match_of(qi, query, hit, float(dists[k]))
+                    (matches if dists[k] <= tier_edge else candidates).append(m)
+                    kept += 1
+                    if kept >= cap:
+                        break
+        for m in matches:
+            self.stats["matches", m.signal_type] += 1
+        for c in candidates:
+            self.stats["candidates", c.signal_type] += 1
+        return matches, candidates
+
+    def _log(self, caller: Caller, matches: list[Match], kind: str) -> None:
+        """One audit event per media found (its closest signal); never the misses."""
+        best: dict[int, Match] = {}
+        for m in matches:
+            if m.media_id not in best or m.distance < best[m.media_id].distance:
+                best[m.media_id] = m
+        if best:
+            self.store.log_events(
+                [
+                    NewEvent(kind, caller.member.id, m.media_id, m.contributor_id,
+                             {"signal_type": m.signal_type, "variant": m.variant,
+                              "distance": m.distance})
+                    for m in best.values()
+                ]
+            )
