@@ -155,9 +155,9 @@ _ODD = np.where(np.arange(1, 17) % 2 == 1, -1.0, 1.0).astype(np.float32)
 _ROWS, _COLS = _ODD[:, None], _ODD[None, :]
 UNDO = {
     "original": lambda c: c,
-    "rotate90": lambda c: c.T * _ROWS,
+    "rotate90": lambda c: c.T * _COLS,
     "rotate180": lambda c: c * _ROWS * _COLS,
-    "rotate270": lambda c: c.T * _COLS,
+    "rotate270": lambda c: c.T * _ROWS,
     "flipx": lambda c: c * _ROWS,  # upside down
     "flipy": lambda c: c * _COLS,  # mirrored left to right
     "flipplus1": lambda c: c.T,  # mirrored across the main diagonal

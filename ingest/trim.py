@@ -56,6 +56,8 @@ def content_box(pixels: np.ndarray, tolerance: int = TOLERANCE) -> Box | None:
     if h < 8 or w < 8:
         return None
     top = _border(pixels, tolerance, h)
+    if h - top < max(2, MIN_CONTENT * h):
+        return None
     bottom = h - _border(pixels[top:][::-1], tolerance, h - top)
     if bottom - top < max(2, MIN_CONTENT * h):
         return None
