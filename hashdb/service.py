@@ -51,6 +51,8 @@ class Service:
         follow changes from other processes. Blocks until ready."""
         self.store.migrate()
         started = time.monotonic()
+        for st in SIGNAL_TYPES.values():
+            st.warm_up()  # the first upload does not wait for a model to load
         how = self.follower.load(self.snapshot_dir)
         log.info("indexes ready from %s in %.1f s: %s", how, time.monotonic() - started,
                  self.follower.sizes())

@@ -160,6 +160,9 @@ class SignalType:
         apply)."""
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """Pay one-time costs of `compute` (loading a model) now, not on a request."""
+
     def compute_query(self, media: MediaFile) -> list[Signal]:
         """The signals to look up when matching the media: `compute`'s, plus the
         variants that undo edits (rotations, flips, borders) where a type has them."""
@@ -355,6 +358,11 @@ class Sscd(VectorSignalType):
         from ingest.sscd import embedding
 
         return [Signal(HashValue(self.name, self.quantize(embedding(media.pil_image))))]
+
+    def warm_up(self) -> None:
+        from ingest.sscd import session
+
+        session()
 
 
 class Registry(Mapping[str, SignalType]):
