@@ -2,7 +2,8 @@
 
 - `csv`: ThreatExchange's `signal_type,signal_str,collab,category,tags` (header optional)
 - `local`: ThreatExchange's local file, lines of `<signal_type> <hash>`
-- `jsonl`: one `{"type", "value", "labels"?, "quality"?, "timestamp"?, "media_key"?}` per line
+- `jsonl`: one `{"type", "value", "labels"?, "quality"?, "timestamp"?, "media_key"?,
+  "variant"?}` per line
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def read_items(lines: IO[str], fmt: str, default_labels: list[str]) -> Iterator[
             obj: dict[str, Any] = json.loads(line)
             yield HashItem(obj["type"], obj["value"], obj.get("labels") or default_labels,
                            obj.get("media_key"), obj.get("timestamp"), obj.get("quality"),
-                           obj.get("note"), obj.get("source"))
+                           obj.get("note"), obj.get("source"), obj.get("variant"))
     else:
         raise InvalidRequest(f"unknown format {fmt!r}: use csv, local or jsonl")
 
@@ -116,6 +117,8 @@ def export_file(service: Service, out: IO[str], fmt: str) -> int:
                     obj["quality"] = quality
                 if hit.timestamp is not None:
                     obj["timestamp"] = hit.timestamp
+                if hit.variant is not None:
+                    obj["variant"] = hit.variant
                 out.write(json.dumps(obj) + "\n")
             elif writer is not None:
                 labels = list(hit.labels)
