@@ -141,12 +141,12 @@ def index_for(signal_type: SignalType) -> Index:
     """The default index for a signal type."""
     from hashdb.index.exact import ExactIndex
     from hashdb.index.mih import MultiIndexHammingIndex
-    from hashdb.index.vector import FlatVectorIndex
+    from hashdb.index.vector import VectorIndex
 
     if signal_type.metric == "exact":
         return ExactIndex(signal_type)
     if signal_type.metric == "cosine":
-        return FlatVectorIndex(signal_type)
+        return VectorIndex(signal_type)
     # Multi-index hashing: exact, and it falls back to a scan where that is cheaper.
     return MultiIndexHammingIndex(signal_type)
 
