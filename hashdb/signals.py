@@ -19,6 +19,7 @@ from hashdb.errors import InvalidSignal, UnknownSignalType
 
 if TYPE_CHECKING:
     from ingest.media import MediaFile
+    from ingest.pdq import PdqResult
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
 # popcount of every byte value, for distances on raw bytes
@@ -225,7 +226,15 @@ def match_variant(type_name: str, query: str | None, stored: str | None) -> str:
 class Pdq(HammingSignalType):
     """Meta's PDQ. Besides the plain hash, a media with uniform borders also stores
     the hash of the picture inside them ("trimmed"), and a query looks up the eight
-    rotations and flips of both (from one DCT each): see `compute_query`."""
+    rotations and flips of both (from one DCT each): see `compute_query`.
+
+    A video is hashed like vPDQ: one frame a second, each a PDQ with its
+    timestamp, frames of quality below 50 dropped; and a frame within
+    `frame_dedup_distance` bits of the last one kept is dropped too (a still
+    scene is one keyframe). Each frame also gets its trimmed hash; a video
+    query looks up the plain and mirrored views of both (rotated videos are
+    rare: players turn them by metadata, and eight views a frame would cost
+    too much at ten minutes of video)."""
 
     name = "pdq"
     bits = 256
@@ -238,9 +247,14 @@ class Pdq(HammingSignalType):
         {TRIMMED, *DIHEDRAL, *(f"{TRIMMED}/{d}" for d in DIHEDRAL)}
     )
 
+    frame_dedup_distance = 4
+    video_views = ("original", "flipy")
+
     def compute(self, media: MediaFile) -> list[Signal]:
         from ingest.pdq import pdq_from_pixels
 
+        if media.media_type == "video":
+            return self._keyframes(media, ("original",))
         plain = pdq_from_pixels(media.pixels)
         out = [Signal(HashValue(self.name, plain.raw), quality=plain.quality)]
         if media.content_box is not None:
@@ -253,6 +267,8 @@ class Pdq(HammingSignalType):
     def compute_query(self, media: MediaFile) -> list[Signal]:
         from ingest.pdq import pdq_dihedral
 
+        if media.media_type == "video":
+            return self._keyframes(media, self.video_views)
         views: list[tuple[str | None, np.ndarray]] = [(None, media.pixels)]
         if media.content_box is not None:
             views.append((TRIMMED, media.content_box.crop(media.pixels)))
@@ -262,6 +278,36 @@ class Pdq(HammingSignalType):
                 parts = [p for p in (prefix, None if name == "original" else name) if p]
                 out.append(Signal(HashValue(self.name, result.raw), quality=result.quality,
                                   variant="/".join(parts) or None))
+        return out
+
+    def _keyframes(self, media: MediaFile, names: tuple[str, ...]) -> list[Signal]:
+        """The hashes of a video's kept frames: each frame's views (`names`, of the
+        whole frame and of the picture inside its borders), with its timestamp."""
+        from ingest.pdq import pdq_dihedral
+        from ingest.trim import content_box
+
+        out: list[Signal] = []
+        last: bytes | None = None
+        floor = self.min_quality or 0
+        for frame in media.frames():
+            hashes = pdq_dihedral(frame.luma, names)
+            plain = hashes["original"]
+            if plain.quality < floor:
+                continue
+            if last is not None and self.distance(plain.raw, last) <= self.frame_dedup_distance:
+                continue
+            last = plain.raw
+            views: list[tuple[str | None, dict[str, PdqResult]]] = [(None, hashes)]
+            box = content_box(frame.luma)
+            if box is not None:
+                views.append((TRIMMED, pdq_dihedral(box.crop(frame.luma), names)))
+            for prefix, results in views:
+                for name, result in results.items():
+                    if prefix and name == "original" and result.raw == plain.raw:
+                        continue
+                    parts = [p for p in (prefix, None if name == "original" else name) if p]
+                    out.append(Signal(HashValue(self.name, result.raw), result.quality,
+                                      frame.timestamp, "/".join(parts) or None))
         return out
 
 

@@ -12,15 +12,18 @@ it. Which hash is made of which form is the signal types' business
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 from PIL import Image
 
 from hashdb.errors import InvalidMedia, MediaTooLarge
-from ingest import decode
+from ingest import decode, video
 from ingest.trim import Box, content_box
+from ingest.video import Frame, VideoLimits
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class MediaLimits:
     max_bytes: int = 64 * 2**20
     # Decompression-bomb guard, checked from the header before decoding.
     max_pixels: int = 50_000_000
+    video: VideoLimits = field(default_factory=VideoLimits)
+    # Seconds between the frames of a video that are hashed.
+    frame_interval: float = 1.0
 
 
 class MediaFile:
@@ -48,19 +54,37 @@ class MediaFile:
         self.limits = limits
 
     @cached_property
-    def header(self) -> decode.ImageHeader:
-        """The image header; raises InvalidMedia / MediaTooLarge before any pixel is decoded."""
+    def header(self) -> decode.ImageHeader | video.VideoHeader:
+        """The image or video header; raises InvalidMedia / MediaTooLarge before any
+        pixel is decoded."""
+        if video.is_video(self.data):
+            return video.probe(self.data, self.limits.video)
         return decode.probe(self.data, self.limits.max_pixels)
 
     @property
     def media_type(self) -> str:
-        self.header  # noqa: B018 - raises if the bytes are not an image we accept
-        return "image"
+        """"image" or "video"; raises if the bytes are neither, in a form we accept."""
+        return "video" if isinstance(self.header, video.VideoHeader) else "image"
+
+    def frames(self) -> Iterator[Frame]:
+        """A video's frames, one every `frame_interval` seconds, decoded as they are
+        read (one held at a time). An error may come after some frames: a caller
+        must then drop what it got."""
+        with closing(video.iter_frames(self.data, self.limits.video,
+                                       self.limits.frame_interval)) as frames:
+            yield from frames
+
+    @property
+    def image_header(self) -> decode.ImageHeader:
+        header = self.header
+        if not isinstance(header, decode.ImageHeader):
+            raise InvalidMedia("this needs an image; the file is a video")
+        return header
 
     @cached_property
     def pixels(self) -> np.ndarray:
         """H x W luma or H x W x 3 RGB uint8, stored orientation: what PDQ hashes."""
-        luma = decode.decode_jpeg_luma(self.data, self.header)
+        luma = decode.decode_jpeg_luma(self.data, self.image_header)
         return decode.pixels_of(self.pil_image) if luma is None else luma
 
     @cached_property
@@ -71,4 +95,4 @@ class MediaFile:
     @cached_property
     def pil_image(self) -> Image.Image:
         """The image as Pillow decodes it, in mode "L" or "RGB", stored orientation."""
-        return decode.decode_pil(self.data, self.header)
+        return decode.decode_pil(self.data, self.image_header)
