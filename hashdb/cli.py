@@ -87,11 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_hash(args: argparse.Namespace) -> int:
     from hashdb.hashing import hash_media
     from hashdb.signals import SIGNAL_TYPES
-    from ingest.media import MediaLimits
 
     types = SIGNAL_TYPES.parse_names(args.types)
     settings = Settings()
-    limits = MediaLimits(settings.max_upload_bytes, settings.max_image_pixels)
+    limits = settings.media_limits()
     failed = 0
     for path in args.paths:
         try:

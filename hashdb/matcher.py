@@ -27,7 +27,8 @@ from hashdb.matching import (
 from hashdb.members import require_role
 from hashdb.models import Caller, NewEvent, Role, SignalHit
 from hashdb.settings import Settings
-from hashdb.signals import HashValue, Signal, signal_type
+from hashdb.signals import HashValue, Signal, signal_type, variants_compatible
+from hashdb.video_matching import aggregate
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class MatchStore(Protocol):
     """The part of the Store that matching needs."""
 
     def signal_hits(self, signal_ids: Sequence[int]) -> dict[int, SignalHit]: ...
+
+    def keyframe_seconds(self, media_ids: Sequence[int]) -> dict[int, int]: ...
 
     def log_events(self, events: Sequence[NewEvent]) -> None: ...
 
@@ -81,12 +84,19 @@ class Matcher:
         return self.resolve(caller, self.search(caller, signals, options))
 
     def search(
-        self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
+        self,
+        caller: Caller,
+        signals: Sequence[Signal],
+        options: MatchOptions = MatchOptions(),
+        *,
+        from_media: bool = False,
     ) -> Found:
         """The in-memory half of `match`: index hits, no database. Cheap for a few
-        signals at the default threshold (see `is_light`)."""
+        signals at the default threshold (see `is_light`). Signals a media yielded
+        (`from_media`) are not a request's batch: a long video has many."""
         require_role(caller, Role.MATCHER)
-        check_batch(signals, "signals", self.settings.max_batch)
+        if not from_media:
+            check_batch(signals, "signals", self.settings.max_batch)
         queries, skipped = split_by_quality(signals, options.min_quality)
         return Found(self._index_hits(queries, options), options, skipped)
 
@@ -122,8 +132,30 @@ class Matcher:
     ) -> tuple[str, list[Signal], MatchResult]:
         require_role(caller, Role.MATCHER)
         media_type, signals = self._hash(data)
-        found = self.search(caller, signals, options)
+        found = self.search(caller, signals, options, from_media=True)
+        if media_type == "video":
+            return media_type, signals, self._resolve_video(caller, signals, found)
         return media_type, signals, self.resolve(caller, found, one_media=True)
+
+    def _resolve_video(self, caller: Caller, signals: list[Signal], found: Found) -> MatchResult:
+        """A video upload: frame matches aggregated per stored media. `matches` holds
+        each matching media's closest frame; `media_matches` the shares both ways."""
+        frames, _ = self._matches(found.hits, found.options)
+        exact = [m for m in frames if m.signal_type != "pdq"]  # the file's own hashes
+        frame_matches = [m for m in frames if m.signal_type == "pdq"]
+        media = aggregate(signals, frame_matches,
+                          self.store.keyframe_seconds(sorted({m.media_id
+                                                              for m in frame_matches})),
+                          self.settings.video_frame_seconds)
+        floor = self.settings.video_match_percent
+        passed = [m for m in media
+                  if max(m.query_match_percent, m.compared_match_percent) >= floor]
+        below = [m for m in media if m not in passed] if found.options.include_candidates else []
+        matches = best_per_media(exact) + [m.best for m in passed]
+        candidates = [m.best for m in below]
+        self._log(caller, matches, "match")
+        self._log(caller, candidates, "candidate")
+        return MatchResult(matches, found.skipped, candidates, passed, below)
 
     def match_batch(
         self, caller: Caller, queries: Sequence[tuple[str | int, HashValue]], options: MatchOptions
@@ -199,6 +231,8 @@ class Matcher:
                 for k in order:
                     hit = known.get(int(sids[k]))
                     if hit is None or not visible(hit, options):
+                        continue
+                    if not variants_compatible(query.variant, hit.variant):
                         continue
                     m = match_of(qi, query, hit, float(dists[k]))
                     (matches if dists[k] <= tier_edge else candidates).append(m)

@@ -8,11 +8,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hashdb.index.base import Hits
 from hashdb.models import MediaStatus, SignalHit
 from hashdb.signals import HashValue, Signal, SignalType, match_variant, signal_type
+
+if TYPE_CHECKING:
+    from hashdb.video_matching import MediaMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,9 @@ class MatchResult:
     matches: list[Match] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     candidates: list[Match] = field(default_factory=list)
+    # Video uploads: per stored media, the shares of frames matched both ways.
+    media_matches: list[MediaMatch] = field(default_factory=list)
+    media_candidates: list[MediaMatch] = field(default_factory=list)
 
 
 class BatchGate:

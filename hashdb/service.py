@@ -102,12 +102,10 @@ class Service:
         """The signals of a file (to store, or with `query` to look up), computed on
         one of the bounded CPU workers."""
         from hashdb.hashing import hash_media
-        from ingest.media import MediaLimits
 
         wanted = SIGNAL_TYPES.parse_names(types)
-        limits = MediaLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
         with self._cpu:
-            return hash_media(data, wanted, limits, query=query)
+            return hash_media(data, wanted, self.settings.media_limits(), query=query)
 
     # logs ------------------------------------------------------------------------
     def changes(self, caller: Caller, after: int = 0, limit: int = 1000) -> list[Change]:

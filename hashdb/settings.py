@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from ingest.media import MediaLimits
 
 
 class Settings(BaseSettings):
@@ -35,8 +38,29 @@ class Settings(BaseSettings):
     # How long a process trusts a key it has checked (revocations made on another
     # replica take effect within this time; on the same process, at once).
     key_cache_seconds: float = Field(5.0, ge=0)
+    # Video: a query is hashed one frame every `video_frame_seconds`; a contribution
+    # more densely, so that a copy cut at another instant still finds its frames.
+    video_frame_seconds: float = Field(1.0, gt=0, le=60)
+    video_stored_frame_seconds: float = Field(0.25, gt=0, le=60)
+    # Wall-clock budget for decoding one uploaded video, and its longest duration.
+    video_decode_seconds: float = Field(300.0, gt=0)
+    max_video_seconds: float = Field(3 * 3600.0, gt=0)
+    # A video upload matches a stored video when at least this share (percent) of
+    # its frames matched the stored video's, or of the stored video's were matched.
+    video_match_percent: float = Field(30.0, gt=0, le=100)
     # Allowed labels; empty means any well-formed label.
     taxonomy: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    def media_limits(self) -> MediaLimits:
+        """What one upload may cost to decode."""
+        from ingest.media import MediaLimits
+        from ingest.video import VideoLimits
+
+        video = VideoLimits(max_pixels=VideoLimits().max_pixels,
+                            max_duration_seconds=self.max_video_seconds,
+                            max_decode_seconds=self.video_decode_seconds)
+        return MediaLimits(self.max_upload_bytes, self.max_image_pixels, video,
+                           self.video_frame_seconds, self.video_stored_frame_seconds)
 
     @field_validator("taxonomy", mode="before")
     @classmethod

@@ -210,16 +210,35 @@ class ExactSignalType(SignalType):
 
 TRIMMED = "trimmed"
 DIHEDRAL = ("rotate90", "rotate180", "rotate270", "flipx", "flipy", "flipplus1", "flipminus1")
+# Halves of a video frame's picture, hashed on their own: a large logo or caption
+# over one half leaves the other matchable. A region only matches the same region.
+REGIONS = tuple(f"region/{side}" for side in ("top", "bottom", "left", "right"))
+
+
+def _region(variant: str | None) -> str | None:
+    if variant and "region/" in variant:
+        return variant[variant.index("region/"):]
+    return None
+
+
+def variants_compatible(query: str | None, stored: str | None) -> bool:
+    """Whether a query signal may match a stored one: a region hash only matches
+    the same region of another frame, never a whole picture."""
+    return _region(query) == _region(stored)
 
 
 def match_variant(type_name: str, query: str | None, stored: str | None) -> str:
     """What found a match, for the reviewer: the type, "trimmed" if either side was
-    trimmed, and the rotation or flip the query shows (`pdq/trimmed/rotate90`)."""
+    trimmed, the region if one, and the rotation or flip the query shows
+    (`pdq/trimmed/rotate90`, `pdq/region/bottom`)."""
     parts = [type_name]
-    query_parts = query.split("/") if query else []
+    query_parts = (query or "").replace("region/", "").split("/")
     if TRIMMED in query_parts or stored == TRIMMED:
         parts.append(TRIMMED)
-    parts.extend(p for p in query_parts if p != TRIMMED)
+    region = _region(stored) or _region(query)
+    if region:
+        parts.append(region)
+    parts.extend(p for p in query_parts if p in DIHEDRAL)
     return "/".join(parts)
 
 
@@ -242,9 +261,9 @@ class Pdq(HammingSignalType):
     candidate_max_distance = 31
     media_types = frozenset({"image", "video"})
     min_quality = 50
-    stored_variants = frozenset({TRIMMED})
+    stored_variants = frozenset({TRIMMED, *REGIONS})
     query_variants = frozenset(
-        {TRIMMED, *DIHEDRAL, *(f"{TRIMMED}/{d}" for d in DIHEDRAL)}
+        {TRIMMED, *REGIONS, *DIHEDRAL, *(f"{TRIMMED}/{d}" for d in DIHEDRAL)}
     )
 
     frame_dedup_distance = 4
@@ -254,7 +273,7 @@ class Pdq(HammingSignalType):
         from ingest.pdq import pdq_from_pixels
 
         if media.media_type == "video":
-            return self._keyframes(media, ("original",))
+            return self._keyframes(media, ("original",), stored=True)
         plain = pdq_from_pixels(media.pixels)
         out = [Signal(HashValue(self.name, plain.raw), quality=plain.quality)]
         if media.content_box is not None:
@@ -280,16 +299,19 @@ class Pdq(HammingSignalType):
                                   variant="/".join(parts) or None))
         return out
 
-    def _keyframes(self, media: MediaFile, names: tuple[str, ...]) -> list[Signal]:
-        """The hashes of a video's kept frames: each frame's views (`names`, of the
-        whole frame and of the picture inside its borders), with its timestamp."""
-        from ingest.pdq import pdq_dihedral
+    def _keyframes(
+        self, media: MediaFile, names: tuple[str, ...], stored: bool = False
+    ) -> list[Signal]:
+        """The hashes of a video's kept frames, with their timestamps: each frame's
+        views (`names`, of the whole frame and of the picture inside its borders)
+        and the halves of the picture (`REGIONS`)."""
+        from ingest.pdq import pdq_dihedral, pdq_from_pixels
         from ingest.trim import content_box
 
         out: list[Signal] = []
         last: bytes | None = None
         floor = self.min_quality or 0
-        for frame in media.frames():
+        for frame in media.frames(stored):
             hashes = pdq_dihedral(frame.luma, names)
             plain = hashes["original"]
             if plain.quality < floor:
@@ -308,6 +330,15 @@ class Pdq(HammingSignalType):
                     parts = [p for p in (prefix, None if name == "original" else name) if p]
                     out.append(Signal(HashValue(self.name, result.raw), result.quality,
                                       frame.timestamp, "/".join(parts) or None))
+            picture = frame.luma if box is None else box.crop(frame.luma)
+            h, w = picture.shape[:2]
+            halves = (picture[: h // 2], picture[h // 2 :], picture[:, : w // 2],
+                      picture[:, w // 2 :])
+            for region, half in zip(REGIONS, halves, strict=True):
+                result = pdq_from_pixels(half)
+                if result.quality >= floor:
+                    out.append(Signal(HashValue(self.name, result.raw), result.quality,
+                                      frame.timestamp, region))
         return out
 
 

@@ -34,8 +34,10 @@ class MediaLimits:
     # Decompression-bomb guard, checked from the header before decoding.
     max_pixels: int = 50_000_000
     video: VideoLimits = field(default_factory=VideoLimits)
-    # Seconds between the frames of a video that are hashed.
+    # Seconds between the frames of a video that are hashed to match it, and to
+    # store it (denser: a copy cut at another instant still finds its frames).
     frame_interval: float = 1.0
+    stored_frame_interval: float = 0.25
 
 
 class MediaFile:
@@ -66,12 +68,12 @@ class MediaFile:
         """"image" or "video"; raises if the bytes are neither, in a form we accept."""
         return "video" if isinstance(self.header, video.VideoHeader) else "image"
 
-    def frames(self) -> Iterator[Frame]:
-        """A video's frames, one every `frame_interval` seconds, decoded as they are
-        read (one held at a time). An error may come after some frames: a caller
-        must then drop what it got."""
-        with closing(video.iter_frames(self.data, self.limits.video,
-                                       self.limits.frame_interval)) as frames:
+    def frames(self, stored: bool = False) -> Iterator[Frame]:
+        """A video's frames, one every `frame_interval` (or `stored_frame_interval`)
+        seconds, decoded as they are read (one held at a time). An error may come
+        after some frames: a caller must then drop what it got."""
+        every = self.limits.stored_frame_interval if stored else self.limits.frame_interval
+        with closing(video.iter_frames(self.data, self.limits.video, every)) as frames:
             yield from frames
 
     @property

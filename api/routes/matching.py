@@ -59,7 +59,7 @@ async def match(
         )
         return json_response({"media_type": media_type,
                               "signals": [s.as_json() for s in signals],
-                              **_result(result, options)})
+                              **_result(result, options, media_type == "video")})
     if content_type and not content_type.startswith("application/json"):
         raise InvalidRequest(
             "send JSON signals (application/json) or the media as a multipart field 'file'",
@@ -105,11 +105,15 @@ async def match_batch(
     return await run_in_threadpool(run)
 
 
-def _result(result: MatchResult, options: MatchOptions) -> dict[str, Any]:
+def _result(result: MatchResult, options: MatchOptions, video: bool = False) -> dict[str, Any]:
     out = {"matches": [m.as_json() for m in result.matches],
            "skipped": [s.as_json() for s in result.skipped]}
     if options.include_candidates:
         out["candidates"] = [c.as_json() for c in result.candidates]
+    if video:
+        out["media_matches"] = [m.as_json() for m in result.media_matches]
+        if options.include_candidates:
+            out["media_candidates"] = [m.as_json() for m in result.media_candidates]
     return out
 
 

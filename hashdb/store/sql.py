@@ -232,6 +232,22 @@ class SqlStore:
         assert record is not None
         return record
 
+    def keyframe_seconds(self, media_ids: Sequence[int]) -> dict[int, int]:
+        """For each video media, how many distinct seconds its stored frames cover."""
+        ids = list(dict.fromkeys(int(i) for i in media_ids))
+        seconds: dict[int, set[int]] = {}
+        with self._read() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for mid, ts in db.execute(
+                    self._sql("SELECT media_id, timestamp FROM signal WHERE media_id IN ("
+                              + ",".join("?" * len(chunk)) + ") AND type = 'pdq' "
+                              "AND timestamp IS NOT NULL AND variant IS NULL"),
+                    chunk,
+                ):
+                    seconds.setdefault(int(mid), set()).add(int(ts))
+        return {mid: len(s) for mid, s in seconds.items()}
+
     def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]:
         with self._read() as db:
             rows = self._bulk(db).execute(
