@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="bulk-import hashes from a file")
     _store_flags(p)
     p.add_argument("file")
-    p.add_argument("--format", default="auto", help="auto, csv (ThreatExchange), local, jsonl")
+    p.add_argument("--format", default="auto", help="auto, csv (ThreatExchange), local, "
+                   "jsonl, vpdq (Meta's vPDQ output: one file, one video)")
     p.add_argument("--member", required=True)
     p.add_argument("--labels", help="comma-separated labels for rows that have none")
     p.set_defaults(func=cmd_import)

@@ -174,8 +174,9 @@ class Contributions:
         check = session is None or not session.proves_new(groups)
         created = self.store.import_signals(caller.member, groups, check) if groups else 0
         existing = accepted - created
-        if grouped:
-            for o in self.contribute_hashes(caller, grouped):
+        step = self.settings.max_batch
+        for lo in range(0, len(grouped), step):
+            for o in self.contribute_hashes(caller, grouped[lo : lo + step]):
                 if o.error is not None:
                     rejected += 1
                 elif o.created:

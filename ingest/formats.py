@@ -4,6 +4,10 @@
 - `local`: ThreatExchange's local file, lines of `<signal_type> <hash>`
 - `jsonl`: one `{"type", "value", "labels"?, "quality"?, "timestamp"?, "media_key"?,
   "variant"?}` per line
+- `vpdq`: Meta's vPDQ output for one video, lines of `frame,quality,pdq_hex,timestamp`:
+  one media whose keyframes are the first frame of each `frame_interval` seconds,
+  without frames within `FRAME_DEDUP` bits of the last one kept (as hashdb samples
+  videos itself); vPDQ gives no borders or regions, so those are not stored
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from hashdb.service import Service
 
 CHUNK = 1_000_000
+FRAME_DEDUP = 4
 # ThreatExchange names some types differently.
 _ALIASES = {"pdq": "pdq", "md5": "md5", "video_md5": "md5", "photo_md5": "md5",
             "sha256": "sha256", "phash": "phash"}
@@ -36,7 +41,13 @@ def _detect(path: Path) -> str:
     return "local"
 
 
-def read_items(lines: IO[str], fmt: str, default_labels: list[str]) -> Iterator[HashItem]:
+def read_items(
+    lines: IO[str],
+    fmt: str,
+    default_labels: list[str],
+    media_key: str | None = None,
+    frame_interval: float = 0.25,
+) -> Iterator[HashItem]:
     from hashdb.importing import HashItem
 
     if fmt == "csv":
@@ -67,8 +78,36 @@ def read_items(lines: IO[str], fmt: str, default_labels: list[str]) -> Iterator[
             yield HashItem(obj["type"], obj["value"], obj.get("labels") or default_labels,
                            obj.get("media_key"), obj.get("timestamp"), obj.get("quality"),
                            obj.get("note"), obj.get("source"), obj.get("variant"))
+    elif fmt == "vpdq":
+        yield from _vpdq_items(lines, default_labels, media_key, frame_interval)
     else:
-        raise InvalidRequest(f"unknown format {fmt!r}: use csv, local or jsonl")
+        raise InvalidRequest(f"unknown format {fmt!r}: use csv, local, jsonl or vpdq")
+
+
+def _vpdq_items(
+    lines: IO[str], labels: list[str], media_key: str | None, frame_interval: float
+) -> Iterator[HashItem]:
+    from hashdb.importing import HashItem
+
+    last: int | None = None
+    next_time = 0.0
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.strip().split(",")
+        try:
+            _, quality, value, at = int(parts[0]), int(parts[1]), parts[2], float(parts[3])
+            bits = int(value, 16)
+        except (ValueError, IndexError):
+            raise InvalidRequest(f"line {n}: expected 'frame,quality,pdq_hex,timestamp', "
+                                 f"got {line.strip()[:80]!r}") from None
+        if at + 1e-6 < next_time:
+            continue
+        next_time = (int(at / frame_interval + 1e-6) + 1) * frame_interval
+        if last is not None and (bits ^ last).bit_count() <= FRAME_DEDUP:
+            continue
+        last = bits
+        yield HashItem("pdq", value, labels, media_key=media_key, timestamp=at, quality=quality)
 
 
 def import_file(
@@ -85,7 +124,10 @@ def import_file(
     with open(path, encoding="utf-8") as lines, tqdm(
         unit=" hashes", disable=not sys.stderr.isatty(), unit_scale=True
     ) as bar:
-        items = read_items(lines, fmt, labels)
+        # A vPDQ file is one video: its frames form one media.
+        key = f"vpdq:{path.name}" if fmt == "vpdq" else None
+        items = read_items(lines, fmt, labels, key,
+                           service.settings.video_stored_frame_seconds)
         while True:
             chunk = [item for _, item in zip(range(CHUNK), items, strict=False)]
             if not chunk:
