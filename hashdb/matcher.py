@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from hashdb.background import Background, load_background
 from hashdb.contributions import check_batch
 from hashdb.errors import NotReady
 from hashdb.index.base import Hits
@@ -19,6 +20,7 @@ from hashdb.matching import (
     Match,
     MatchOptions,
     MatchResult,
+    TypeHits,
     best_per_media,
     match_of,
     split_by_quality,
@@ -75,6 +77,7 @@ class Matcher:
         self.indexes = indexes
         self._hash = hasher
         self._batches = BatchGate(settings.cpu_workers)
+        self.background: Background | None = load_background(settings.sscd_background)
         # ("lookups" | "matches" | "candidates", signal type) -> count, for /metrics.
         self.stats: Counter[tuple[str, str]] = Counter()
 
@@ -176,26 +179,31 @@ class Matcher:
 
     def _index_hits(
         self, queries: Sequence[tuple[int, Signal]], options: MatchOptions
-    ) -> list[tuple[Hits, list[tuple[int, Signal]]]]:
+    ) -> list[TypeHits]:
         if not self.indexes.ready:
             raise NotReady("the indexes are still loading; retry shortly")
         by_type: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
         for q in queries:
             by_type[q[1].type].append(q)
-        found: list[tuple[Hits, list[tuple[int, Signal]]]] = []
+        found: list[TypeHits] = []
         for type_name, group in by_type.items():
             st = signal_type(type_name)
-            radius = options.radius(st)
             matrix = np.frombuffer(
                 b"".join(s.value.raw for _, s in group), np.uint8
             ).reshape(len(group), st.nbytes)
+            offsets = np.zeros(len(group), np.float32)
+            if st.metric == "cosine" and self.background is not None:
+                offsets = self.background.offsets(matrix)
+            # The tiers apply to distance + offset: search as far as the least
+            # corrected query needs, and let the tiers judge each hit.
+            radius = max(0.0, options.radius(st) - float(offsets.min()))
             if len(group) <= SMALL_SEARCH:
                 # Single lookups never queue behind batches: they cost ~1 ms.
                 self._batches.light_seen()
                 hits = self.indexes.search(type_name, matrix, radius)
             else:
                 hits = self._search_in_chunks(type_name, matrix, radius)
-            found.append((hits, group))
+            found.append(TypeHits(hits, list(group), offsets))
             self.stats["lookups", type_name] += len(group)
         return found
 
@@ -210,32 +218,39 @@ class Matcher:
         return Hits.concat(parts)
 
     def _matches(
-        self, found: list[tuple[Hits, list[tuple[int, Signal]]]], options: MatchOptions
+        self, found: list[TypeHits], options: MatchOptions
     ) -> tuple[list[Match], list[Match]]:
         """The visible hits, nearest first per query signal, split into the two tiers."""
-        ids = np.concatenate([h.ids for h, _ in found]) if found else np.zeros(0, np.int64)
+        ids = np.concatenate([h.hits.ids for h in found]) if found else np.zeros(0, np.int64)
         if not len(ids):
             return [], []
         known = self.store.signal_hits([int(i) for i in ids])
         matches: list[Match] = []
         candidates: list[Match] = []
         cap = self.settings.max_matches_per_signal
-        for hits, group in found:
+        for part in found:
+            hits = part.hits
             if not len(hits.ids):
                 continue
-            tier_edge = options.thresholds(signal_type(group[0][1].type))[0]
-            for j, (qi, query) in enumerate(group):
+            tier_edge, band_edge = options.thresholds(signal_type(part.queries[0][1].type))
+            if not options.include_candidates:
+                band_edge = tier_edge
+            for j, (qi, query) in enumerate(part.queries):
                 sids, dists = hits.of(j)
+                offset = float(part.offsets[j])
                 order = np.argsort(dists, kind="stable")
                 kept = 0
                 for k in order:
+                    corrected = float(dists[k]) + offset
+                    if corrected > band_edge:
+                        break  # sorted: the rest are farther
                     hit = known.get(int(sids[k]))
                     if hit is None or not visible(hit, options):
                         continue
                     if not variants_compatible(query.variant, hit.variant):
                         continue
-                    m = match_of(qi, query, hit, float(dists[k]))
-                    (matches if dists[k] <= tier_edge else candidates).append(m)
+                    m = match_of(qi, query, hit, float(dists[k]), offset)
+                    (matches if corrected <= tier_edge else candidates).append(m)
                     kept += 1
                     if kept >= cap:
                         break

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hashdb.index.base import Hits
 from hashdb.models import MediaStatus, SignalHit
 from hashdb.signals import HashValue, Signal, SignalType, match_variant, signal_type
@@ -73,6 +75,7 @@ class Match:
     timestamp: float | None = None
     variant: str = ""
     score: float | None = None
+    cosine: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,22 +91,35 @@ class Match:
         }
         if self.score is not None:
             out["score"] = self.score
+        if self.cosine is not None:
+            out["cosine"] = self.cosine
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp
         return out
 
 
 @dataclass(frozen=True, slots=True)
+class TypeHits:
+    """The index hits of the query signals of one type. `offsets` are added to each
+    query's distances before the tiers apply (background correction; zeros for
+    types without one)."""
+
+    hits: Hits
+    queries: list[tuple[int, Signal]]
+    offsets: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class Found:
     """Index hits of a `search`, before the database says what they are."""
 
-    hits: list[tuple[Hits, list[tuple[int, Signal]]]]
+    hits: list[TypeHits]
     options: MatchOptions
     skipped: list[Skipped]
 
     @property
     def any(self) -> bool:
-        return any(len(h.ids) for h, _ in self.hits)
+        return any(len(h.hits.ids) for h in self.hits)
 
 
 @dataclass(slots=True)
@@ -181,17 +197,22 @@ def visible(hit: SignalHit, options: MatchOptions) -> bool:
     return not options.labels or bool(options.labels.intersection(hit.labels))
 
 
-def match_of(query_index: int, query: Signal, hit: SignalHit, distance: float) -> Match:
+def match_of(
+    query_index: int, query: Signal, hit: SignalHit, distance: float, offset: float = 0.0
+) -> Match:
+    """A vector match's `distance` is 1 - cosine; its `score` the corrected similarity
+    the tiers apply to (cosine minus the query's background offset)."""
     st = hit.value.signal_type
-    score: float | None = None
+    score = cosine = None
     if st.metric == "cosine":
         distance = round(float(distance), 4)
-        score = round(1.0 - distance, 4)
+        cosine = round(1.0 - distance, 4)
+        score = round(1.0 - distance - offset, 4)
     else:
         distance = int(distance)
     return Match(query_index, hit.media_id, hit.value.type, distance, hit.labels,
                  hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp,
-                 match_variant(st.name, query.variant, hit.variant), score)
+                 match_variant(st.name, query.variant, hit.variant), score, cosine)
 
 
 def best_per_media(matches: list[Match]) -> list[Match]:

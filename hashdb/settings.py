@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # A video upload matches a stored video when at least this share (percent) of
     # its frames matched the stored video's, or of the stored video's were matched.
     video_match_percent: float = Field(30.0, gt=0, le=100)
+    # Background set for SSCD score correction (hashdb/background.py): a .npz of
+    # vectors; empty for the packaged default, "none" to score raw cosines.
+    sscd_background: str = ""
     # Allowed labels; empty means any well-formed label.
     taxonomy: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -140,7 +140,7 @@ def test_a_cropped_copy_matches_through_sscd(
     assert not [m for m in result["matches"] if m["signal_type"] == "pdq"]
     sscd = [m for m in result["matches"] if m["signal_type"] == "sscd"]
     assert [(m["media_id"], m["variant"]) for m in sscd] == [(contributed, "sscd")]
-    assert sscd[0]["score"] == pytest.approx(1 - sscd[0]["distance"], abs=1e-4)
+    assert sscd[0]["cosine"] == pytest.approx(1 - sscd[0]["distance"], abs=1e-4)
     assert sscd[0]["score"] >= 1 - SIGNAL_TYPES["sscd"].default_max_distance
 
 
@@ -165,8 +165,13 @@ def test_candidates_only_when_asked_and_never_with_a_match(
     st = SIGNAL_TYPES["sscd"]
     media = server.client(server.admin_key).get(f"/v1/media/{contributed}").json()
     stored = next(s["value"] for s in media["signals"] if s["type"] == "sscd")
+    # The tiers apply to the background-corrected score: aim between them after it.
     target = (st.default_max_distance + st.candidate_max_distance) / 2
     query = toward_distance(HashValue.from_hex("sscd", stored), target)
+    for _ in range(5):
+        raw = np.frombuffer(query.raw, np.uint8)[None]
+        offset = float(server.service.matcher.background.offsets(raw)[0])  # type: ignore[union-attr]
+        query = toward_distance(HashValue.from_hex("sscd", stored), target - offset)
     body = {"signals": [{"type": "sscd", "value": query.hex}]}
     client = server.client(matcher_key)
     plain = client.post("/v1/match", json=body).json()
@@ -175,7 +180,9 @@ def test_candidates_only_when_asked_and_never_with_a_match(
     assert both["matches"] == []
     [candidate] = both["candidates"]
     assert candidate["media_id"] == contributed and candidate["variant"] == "sscd"
-    assert st.default_max_distance < candidate["distance"] <= st.candidate_max_distance
+    assert 1 - st.candidate_max_distance <= candidate["score"] < 1 - st.default_max_distance
+    assert candidate["cosine"] == pytest.approx(1 - candidate["distance"], abs=1e-4)
+    assert candidate["score"] < candidate["cosine"]  # corrected by the background
 
 
 def toward_distance(value: HashValue, distance: float) -> HashValue:
@@ -238,3 +245,25 @@ def test_content_box_leaves_pictures_without_borders_alone() -> None:
     nearly = np.full((200, 200), 128, np.uint8)
     nearly[:, 1:] = rng.integers(0, 256, (200, 199), dtype=np.uint8)
     assert content_box(nearly) is None  # a one-pixel edge is below the 1% worth trimming
+
+
+def test_background_offset_is_the_kth_highest_cosine() -> None:
+    """A query like many background images is corrected more than one like few."""
+    from hashdb.background import Background, load_background
+
+    rng = np.random.default_rng(11)
+    crowd = rng.standard_normal(512)
+    vectors = np.vstack([crowd + 0.3 * rng.standard_normal((20, 512)),
+                         rng.standard_normal((200, 512))])
+    background = Background(vectors, k=10)
+    st = SIGNAL_TYPES["sscd"]
+    like_crowd = np.frombuffer(st.quantize(crowd), np.uint8)  # type: ignore[attr-defined]
+    loner = np.frombuffer(st.quantize(rng.standard_normal(512)), np.uint8)  # type: ignore[attr-defined]
+    high, low = background.offsets(np.vstack([like_crowd, loner]))
+    unit = background.vectors
+    q = crowd / np.linalg.norm(crowd)
+    assert high == pytest.approx(np.sort(unit @ q)[-10], abs=0.01)
+    assert high > 0.9 and low < 0.2
+    packaged = load_background("")
+    assert packaged is not None and len(packaged.vectors) > 1000
+    assert load_background("none") is None
