@@ -196,7 +196,10 @@ class Matcher:
                 offsets = self.background.offsets(matrix)
             # The tiers apply to distance + offset: search as far as the least
             # corrected query needs, and let the tiers judge each hit.
-            radius = max(0.0, options.radius(st) - float(offsets.min()))
+            radius = options.radius(st)
+            if radius < 0:
+                continue  # a review-only type, and no candidates were asked for
+            radius = max(0.0, radius - float(offsets.min()))
             if len(group) <= SMALL_SEARCH:
                 # Single lookups never queue behind batches: they cost ~1 ms.
                 self._batches.light_seen()

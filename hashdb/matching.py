@@ -31,7 +31,10 @@ class MatchOptions:
     include_candidates: bool = False
 
     def thresholds(self, st: SignalType) -> tuple[float, float]:
-        """(match tier, review band edge) for a signal type: inclusive distances."""
+        """(match tier, review band edge) for a signal type: inclusive distances
+        (the match tier is -1 for a review-only type: nothing matches)."""
+        if st.review_only:
+            return -1, st.candidate_max_distance
         if self.max_distance is not None and st.metric == "hamming":
             radius = st.check_max_distance(self.max_distance)
             return radius, radius

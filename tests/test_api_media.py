@@ -63,12 +63,26 @@ def test_edited_copies_match_the_original(
     assert not [m for m in result["matches"] if m["signal_type"] in ("md5", "sha256")]
 
 
-def test_the_same_file_matches_every_signal_type(
+def test_the_same_file_matches_every_signal_type_that_may_act_alone(
     server: RunningServer, bridge: Path, contributed: dict
 ) -> None:
     result = match_file(server, bridge / "aaa-orig.jpg")
     by_type = {m["signal_type"]: m["distance"] for m in result["matches"]}
-    assert by_type == {"pdq": 0, "phash": 0, "md5": 0, "sha256": 0, "sscd": 0}
+    assert by_type == {"pdq": 0, "md5": 0, "sha256": 0, "sscd": 0}
+
+
+def test_phash_is_review_only(server: RunningServer, contributed: dict) -> None:
+    """pHash hits are candidates, never matches, whatever max_distance says."""
+    value = next(s["value"] for s in contributed["signals"] if s["type"] == "phash")
+    client = server.client(server.new_key("phash-user", "matcher"))
+    body = {"signals": [{"type": "phash", "value": value}]}
+    assert client.post("/v1/match", json=body).json()["matches"] == []
+    assert client.post("/v1/match", params={"max_distance": 10},
+                       json=body).json()["matches"] == []
+    review = client.post("/v1/match", params={"include_candidates": "true"}, json=body).json()
+    assert review["matches"] == []
+    assert [(c["media_id"], c["variant"], c["distance"]) for c in review["candidates"]] == [
+        (contributed["media_id"], "phash", 0)]
 
 
 def test_unrelated_images_do_not_match(
