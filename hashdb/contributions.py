@@ -44,7 +44,11 @@ class ContributionStore(Protocol):
 
     def import_signals(
         self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
-    ) -> int: ...
+    ) -> int:
+        """Bulk contribution, each value its own media. `check_existing=False` is the
+        caller's promise that the values are distinct and new for the member (see
+        `ImportSession`); the store then skips de-duplication."""
+        ...
 
     def member_has_signals(self, member: Member) -> bool: ...
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -39,3 +44,35 @@ def jpeg_bomb(jpeg: bytes, size: int = 65_000) -> bytes:
 def truncated(path: Path, keep: float = 0.5) -> bytes:
     data = path.read_bytes()
     return data[: int(len(data) * keep)]
+
+
+def peak_rss_growth_refusing(folder: Path, setup: str, call: str) -> int:
+    """KiB the peak RSS of a fresh process grows by while `call` (an expression of
+    `data`, after the `setup` lines) refuses every file in `folder` with
+    MediaTooLarge; fails if one is accepted."""
+    script = textwrap.dedent(
+        """
+        import resource, sys, warnings
+        from pathlib import Path
+        from hashdb.errors import MediaTooLarge
+        warnings.simplefilter("ignore")
+        """
+    ) + textwrap.dedent(setup) + textwrap.dedent(
+        f"""
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for path in sorted(Path({str(folder)!r}).iterdir()):
+            data = path.read_bytes()
+            try:
+                {call}
+            except MediaTooLarge:
+                pass
+            else:
+                sys.exit(f"{{path.name}} was accepted")
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip().splitlines()[-1])

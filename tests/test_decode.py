@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-import subprocess
-import sys
-import textwrap
 import zlib
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from hashdb.hashing import hash_media
 from hashdb.signals import SIGNAL_TYPES, HashValue
 from ingest import decode
 from ingest.media import MediaFile, MediaLimits
+from media_samples import peak_rss_growth_refusing
 
 # Largest PDQ distance between original.jpg and any of its re-encodings in
 # another mode or format. Measured: 2 at most (1-bit, P, YCbCr, CMYK, WebP
@@ -190,29 +188,8 @@ def test_bombs_are_refused_in_bounded_memory(original: bytes, tmp_path: Path) ->
     (tmp_path / "jpeg").write_bytes(jpeg_claiming(original, 65_000, 65_000))
     (tmp_path / "png").write_bytes(png_claiming(100_000, 100_000))
     (tmp_path / "png-under-pillow-limit").write_bytes(png_claiming(12_000, 12_000))
-    script = textwrap.dedent(
-        f"""
-        import resource, sys, warnings
-        from pathlib import Path
-        from hashdb.errors import MediaTooLarge
-        from hashdb.hashing import hash_media
-        warnings.simplefilter("ignore")  # Pillow warns about the 144 Mpixel PNG
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for path in sorted(Path({str(tmp_path)!r}).iterdir()):
-            try:
-                hash_media(path.read_bytes())
-            except MediaTooLarge:
-                pass
-            else:
-                sys.exit(f"{{path.name}} was accepted")
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    grew_kib = int(done.stdout.strip().splitlines()[-1])
+    grew_kib = peak_rss_growth_refusing(
+        tmp_path, "from hashdb.hashing import hash_media\n", "hash_media(data)")
     assert grew_kib < 50 * 1024, f"peak RSS grew by {grew_kib} KiB"
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -22,6 +19,7 @@ from hashdb.errors import InvalidMedia, MediaTooLarge
 from ingest import video
 from ingest.pdq import pdq_from_pixels
 from ingest.video import Frame, VideoLimits, iter_frames, probe, sample_frames
+from media_samples import peak_rss_growth_refusing
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = VideoLimits()
@@ -399,28 +397,9 @@ def test_bombs_are_refused_in_bounded_memory(tmp_path: Path) -> None:
     """
     for fmt in ("mp4", "matroska", "mpegts"):
         (tmp_path / fmt).write_bytes(video_claiming(12_800, 12_800, fmt))
-    script = textwrap.dedent(
-        f"""
-        import resource, sys
-        from pathlib import Path
-        from hashdb.errors import MediaTooLarge
-        from ingest.video import VideoLimits, sample_frames
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for path in sorted(Path({str(tmp_path)!r}).iterdir()):
-            try:
-                sample_frames(path.read_bytes(), VideoLimits())
-            except MediaTooLarge:
-                pass
-            else:
-                sys.exit(f"{{path.name}} was accepted")
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    grew_kib = int(done.stdout.strip().splitlines()[-1])
+    grew_kib = peak_rss_growth_refusing(
+        tmp_path, "from ingest.video import VideoLimits, sample_frames\n",
+        "sample_frames(data, VideoLimits())")
     assert grew_kib < 150 * 1024, f"peak RSS grew by {grew_kib} KiB"
 
 

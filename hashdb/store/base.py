@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from hashdb.models import (
-    ApiKey,
-    Change,
-    Contributed,
-    Event,
-    ImportGroup,
-    MediaRecord,
-    MediaStatus,
-    Member,
-    NewEvent,
-    NewSignal,
-    Role,
-    SignalHit,
-)
+from hashdb.contributions import ContributionStore
+from hashdb.matcher import MatchStore
+from hashdb.members import MemberStore
+from hashdb.models import ApiKey, Change, Event
 
 
-class Store(Protocol):
-    """Durable state. What a caller may rely on:
+class Store(MemberStore, ContributionStore, MatchStore, Protocol):
+    """Durable state: what members and keys, contributions and matching each need
+    (their narrow protocols), plus the logs. What a caller may rely on:
 
     - A method that writes returns only after its transaction is committed.
     - Every change to what is matchable appends to the change log in the same
@@ -36,47 +26,7 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    # members and keys
-    def create_member(self, name: str, trusted_flagger: bool) -> Member: ...
-
-    def get_member(self, name: str) -> Member | None: ...
-
-    def create_key(
-        self, member: Member, key_id: str, secret_hash: bytes, roles: frozenset[Role]
-    ) -> ApiKey: ...
-
-    def key_by_secret_hash(self, secret_hash: bytes) -> ApiKey | None: ...
-
     def get_key(self, key_id: str) -> ApiKey | None: ...
-
-    def revoke_key(self, key_id: str) -> bool: ...
-
-    def count_keys(self) -> int: ...
-
-    # media and signals
-    def contribute(
-        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None
-    ) -> list[Contributed]: ...
-
-    def import_signals(
-        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
-    ) -> int:
-        """Bulk contribution, each value its own media. `check_existing=False` is the
-        caller's promise that the values are distinct and new for the member (see
-        `ImportSession`); the store then skips de-duplication."""
-        ...
-
-    def member_has_signals(self, member: Member) -> bool: ...
-
-    def get_media(self, media_id: int) -> MediaRecord | None: ...
-
-    def set_status(self, media_id: int, status: MediaStatus, event: NewEvent) -> MediaRecord: ...
-
-    def signal_hits(self, signal_ids: Sequence[int]) -> dict[int, SignalHit]: ...
-
-    def keyframe_seconds(self, media_ids: Sequence[int]) -> dict[int, int]: ...
-
-    def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]: ...
 
     # logs
     def changes(self, after: int, limit: int) -> list[Change]: ...
@@ -86,8 +36,6 @@ class Store(Protocol):
     def last_change(self) -> int: ...
 
     def store_id(self) -> str: ...
-
-    def log_events(self, events: Sequence[NewEvent]) -> None: ...
 
     def events(self, after: int, limit: int, member_id: int | None) -> list[Event]: ...
 
