@@ -13,7 +13,8 @@ import pytest
 
 from conftest import as_sets
 from hashdb.index.base import Hits, Index, brute_force_vector_search, index_for
-from hashdb.index.vector import MAX_HITS, FlatVectorIndex, VectorIndex, nlist_for
+from hashdb.index.vector import MAX_HITS, FlatVectorIndex, VectorIndex
+from hashdb.index.vector_ivf import nlist_for
 from hashdb.signals import SIGNAL_TYPES, VectorSignalType
 
 SSCD = SIGNAL_TYPES["sscd"]

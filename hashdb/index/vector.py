@@ -44,33 +44,30 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import faiss
 import numpy as np
-from faiss.contrib.inspect_tools import get_invlist
 
 from hashdb.index.base import Hits, as_hash_matrix, brute_force_vector_search
 from hashdb.index.locked import LockedIndex
+from hashdb.index.vector_ivf import (
+    IvfPart,
+    IvfState,
+    ReadWriteLock,
+    dedup,
+    trained,
+)
 from hashdb.signals import SignalType, VectorSignalType
 
 log = logging.getLogger(__name__)
 
 MAX_HITS = 100
 _SNAPSHOT_VERSION = 1
-_NORM_BAND = 0.05  # the IVF holds vectors whose norm is within 5% of the type's scale
-_TRAIN_PER_LIST = 16  # k-means sample: points per centroid
-_KMEANS_ITERATIONS = 5  # recall is the same as with 10
-_MAX_NLIST = 8192  # the build assigns n x nlist: ~12 min at 10M on one core
-_CALIBRATION_QUERIES = 2000
-_MIN_NPROBE = 8
 _SEARCH_CHUNK = 256  # queries searched under one read lock
-_CHUNK = 16_384  # vectors converted to float32 at a time
 # Not in FAISS's type stubs.
-_HASHTABLE, _NO_MAP = faiss.DirectMap.Hashtable, faiss.DirectMap.NoMap  # type: ignore[attr-defined]
 _Writer, _Reader = faiss.PyCallbackIOWriter, faiss.PyCallbackIOReader  # type: ignore[attr-defined]
 
 
@@ -117,258 +114,6 @@ class FlatVectorIndex(LockedIndex):
 # ---------------------------------------------------------------- VectorIndex
 
 
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds off new readers."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writing and not self._writers_waiting)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            self._cond.wait_for(lambda: not self._writing and not self._readers)
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
-def _norms(values: np.ndarray) -> np.ndarray:
-    """Norms of int8 vectors, computed as the oracle does (exact sums, float32 sqrt)."""
-    v = values.astype(np.float32)
-    return np.sqrt(np.einsum("ij,ij->i", v, v))
-
-
-class _Part:
-    """One FAISS IVF of int8 vectors keyed by signal id, with bounds on the norms
-    of everything added since it was built (they widen the search radius)."""
-
-    def __init__(self, ivf: faiss.IndexIVFScalarQuantizer, lo: float, hi: float,
-                 trained_size: int, expected_recall: float = 1.0) -> None:
-        self.ivf, self.lo, self.hi = ivf, lo, hi
-        self.trained_size, self.expected_recall = trained_size, expected_recall
-
-    @classmethod
-    def empty(cls, centroids: np.ndarray) -> _Part:
-        nlist, dims = centroids.shape
-        quantizer = faiss.IndexFlatIP(dims)
-        quantizer.add(centroids)
-        ivf = faiss.IndexIVFScalarQuantizer(
-            quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit_direct_signed,
-            faiss.METRIC_INNER_PRODUCT, False,  # by_residual=False: codes are the values
-        )
-        ivf.is_trained = True  # the direct codec has nothing to learn
-        ivf.set_direct_map_type(_HASHTABLE)
-        return cls(ivf, np.inf, 0.0, 0)
-
-    @classmethod
-    def flat(cls, dims: int) -> _Part:
-        return cls.empty(np.zeros((1, dims), np.float32))
-
-    @property
-    def nlist(self) -> int:
-        return int(self.ivf.nlist)
-
-    def __len__(self) -> int:
-        return int(self.ivf.ntotal)
-
-    def add(self, ids: np.ndarray, values: np.ndarray) -> None:
-        """Add ids that are not present."""
-        if not len(ids):
-            return
-        norms = _norms(values)
-        self.lo, self.hi = min(self.lo, float(norms.min())), max(self.hi, float(norms.max()))
-        if not len(self):  # each list filled in one piece: no spare capacity
-            self.ivf.set_direct_map_type(_NO_MAP)
-            self._fill(ids, values)
-            self.ivf.set_direct_map_type(_HASHTABLE)
-            return
-        for lo in range(0, len(ids), _CHUNK):
-            chunk = values[lo : lo + _CHUNK].astype(np.float32)
-            self.ivf.add_with_ids(chunk, ids[lo : lo + _CHUNK])
-
-    def _fill(self, ids: np.ndarray, values: np.ndarray) -> None:
-        lists = np.zeros(len(ids), np.int64)
-        if self.nlist > 1:
-            for lo in range(0, len(ids), _CHUNK):
-                chunk = values[lo : lo + _CHUNK].astype(np.float32)
-                lists[lo : lo + _CHUNK] = self.ivf.quantizer.assign(chunk, 1)[:, 0]
-        order = np.argsort(lists, kind="stable")
-        bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))
-        invlists = self.ivf.invlists
-        assert invlists is not None
-        for list_no in np.flatnonzero(np.diff(bounds)):
-            rows = order[bounds[list_no] : bounds[list_no + 1]]
-            list_ids = ids[rows]
-            codes = values[rows].view(np.uint8) ^ np.uint8(0x80)  # the codec's value + 128
-            invlists.add_entries(
-                int(list_no), len(rows), faiss.swig_ptr(list_ids), faiss.swig_ptr(codes)
-            )
-        self.ivf.ntotal = len(self) + len(ids)
-
-    def remove(self, ids: np.ndarray) -> None:
-        if len(self) and len(ids):
-            self.ivf.remove_ids(faiss.IDSelectorArray(ids))
-
-    def list_content(self, list_no: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of one list's ids and int8 values."""
-        ids, codes = get_invlist(self.ivf.invlists, list_no)
-        return ids, (codes ^ np.uint8(0x80)).view(np.int8)
-
-    def matches(
-        self, q: np.ndarray, qnorm: np.ndarray, limit: np.float32
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query row, id, exact distance) of every hit within `limit` in the probed lists.
-
-        `q` holds the int8 values as float32: the codec turns queries into int8 too
-        (truncating), so only integer queries get exact inner products."""
-        cos_min = 1.0 - (float(limit) + 1e-5)
-        found: list[tuple[np.ndarray, np.ndarray]] = []
-        # cos >= c  <=>  q . v >= c |q| |v|. FAISS takes one radius a call, so queries
-        # go in groups of norms within 1% (a batch of SSCD queries is one or two).
-        group = np.floor(np.log(np.maximum(qnorm, 1e-6)) / np.log(1.01))
-        for g in np.unique(group):
-            rows = np.flatnonzero(group == g)
-            if cos_min >= 0:
-                bound = cos_min * float(qnorm[rows].min()) * self.lo
-            else:
-                bound = cos_min * float(qnorm[rows].max()) * self.hi
-            lims, _, ids = self.ivf.range_search(q[rows], bound - 1.0)  # keeps q . v > radius
-            found.append((np.repeat(rows, np.diff(lims.astype(np.int64))), ids))
-        rows, ids = (np.concatenate(a) for a in zip(*found, strict=True))
-        dist = np.empty(len(ids), np.float32)
-        for lo in range(0, len(ids), _CHUNK):
-            v = self.ivf.reconstruct_batch(ids[lo : lo + _CHUNK])  # the exact int8 values
-            r = rows[lo : lo + _CHUNK]
-            # The oracle's operations, in float32: exact dot products and norms.
-            dots = np.einsum("ij,ij->i", v, q[r])
-            norms = np.sqrt(np.einsum("ij,ij->i", v, v))
-            dist[lo : lo + _CHUNK] = 1.0 - dots / np.maximum(norms * qnorm[r], 1e-12)
-        keep = dist <= limit
-        return rows[keep], ids[keep], dist[keep]
-
-    @property
-    def nbytes(self) -> int:
-        """Codes, ids and centroids (the hashtable adds ~40 bytes a vector)."""
-        return len(self) * (self.ivf.code_size + 8) + self.nlist * self.ivf.d * 4
-
-
-def nlist_for(n: int) -> int:
-    """Lists for n vectors. Finer lists need fewer scanned for the same recall
-    (at 400K, 8 sqrt(n) lists scan a third of what 4 sqrt(n) do), until the
-    centroids cost as much as the lists, or the build too long."""
-    return min(int(8 * np.sqrt(n)), _MAX_NLIST)
-
-
-def _trained(ids: np.ndarray, values: np.ndarray, rng: np.random.Generator,
-             nprobe: int | None, recall_target: float, cosine: float) -> _Part:
-    """An IVF for these vectors: spherical k-means on a sample, nprobe measured."""
-    n, dims = values.shape
-    nlist = nlist_for(n)
-    sample = values[np.sort(rng.choice(n, min(n, _TRAIN_PER_LIST * nlist), replace=False))]
-    kmeans = faiss.Kmeans(
-        dims, nlist, niter=_KMEANS_ITERATIONS, spherical=True, seed=int(rng.integers(2**31)),
-        min_points_per_centroid=1, max_points_per_centroid=_TRAIN_PER_LIST,
-    )
-    kmeans.train(_unit(sample))
-    del sample
-    centroids = kmeans.centroids
-    assert centroids is not None
-    part = _Part.empty(centroids)
-    part.add(ids, values)
-    part.trained_size = n
-    probe = values[rng.choice(n, min(n, _CALIBRATION_QUERIES), replace=False)]
-    found, need = _probe_ranks(centroids, _unit(probe), rng, cosine), nprobe
-    if need is None:
-        need = int(np.quantile(found, recall_target, method="higher")) + 1
-        if need > nlist // 4:
-            log.warning("vector index: recall %.3f at cosine %.2f needs nprobe %d of %d lists;"
-                        " capped", recall_target, cosine, need, nlist)
-        # At least _MIN_NPROBE: a dense group (one image contributed many times) is
-        # split among several lists, all near the query.
-        need = max(min(need, nlist // 4), _MIN_NPROBE)
-    need = min(need, nlist)
-    part.ivf.nprobe = need
-    part.expected_recall = float(np.mean(found < need))
-    return part
-
-
-def _unit(values: np.ndarray) -> np.ndarray:
-    x = values.astype(np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _probe_ranks(
-    centroids: np.ndarray, v: np.ndarray, rng: np.random.Generator, cosine: float
-) -> np.ndarray:
-    """For a query at `cosine` to each vector (towards a random orthogonal direction),
-    how many lists come before the vector's own: it is found if nprobe > rank."""
-    noise = rng.standard_normal(v.shape, dtype=np.float32)
-    noise -= np.einsum("ij,ij->i", noise, v)[:, None] * v
-    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    q = cosine * v + np.sqrt(1 - cosine**2) * noise
-    home = np.argmax(v @ centroids.T, axis=1)
-    sim = q @ centroids.T
-    return (sim > sim[np.arange(len(q)), home][:, None]).sum(axis=1)  # type: ignore[no-any-return]
-
-
-class _State:
-    """The IVF, and the exact part for vectors of unusual norm; an id is in one of them."""
-
-    def __init__(self, main: _Part, odd: _Part, scale: float) -> None:
-        self.main, self.odd, self.scale = main, odd, scale
-
-    def __len__(self) -> int:
-        return len(self.main) + len(self.odd)
-
-    def add(self, ids: np.ndarray, values: np.ndarray) -> None:
-        self.remove(ids)
-        (ids, values), odd = self.split(ids, values)
-        self.main.add(ids, values)
-        self.odd.add(*odd)
-
-    def split(self, ids: np.ndarray, values: np.ndarray) -> tuple[tuple[np.ndarray, ...], ...]:
-        """(ids, values) of usual norm, and the others (no copy when all are usual)."""
-        usual = np.abs(_norms(values) / self.scale - 1.0) <= _NORM_BAND
-        if usual.all():
-            return (ids, values), (ids[:0], values[:0])
-        return (ids[usual], values[usual]), (ids[~usual], values[~usual])
-
-    def remove(self, ids: np.ndarray) -> None:
-        self.main.remove(ids)
-        self.odd.remove(ids)
-
-
-def _dedup(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Within one call the last value of a repeated id wins."""
-    _, last = np.unique(ids[::-1], return_index=True)
-    if len(last) == len(ids):
-        return ids, values
-    keep = np.sort(len(ids) - 1 - last)
-    return ids[keep], values[keep]
-
-
 class VectorIndex:
     """Cosine range search over int8 vectors: exact below `flat_threshold`, an IVF
     above (see the module docstring). Beyond the `Index` protocol:
@@ -404,7 +149,7 @@ class VectorIndex:
                         else calibration_cosine)
         self._max_hits = max_hits
         self._rng = np.random.default_rng(seed)
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
         self._state = self._empty_state()
         # While a rebuild runs: every write since it started, to re-apply at the swap.
         self._log: list[tuple[np.ndarray, np.ndarray | None]] | None = None
@@ -412,8 +157,8 @@ class VectorIndex:
         self._rebuild_error: BaseException | None = None
         self.last_rebuild_seconds: float | None = None
 
-    def _empty_state(self) -> _State:
-        return _State(_Part.flat(self._dims), _Part.flat(self._dims), self._scale)
+    def _empty_state(self) -> IvfState:
+        return IvfState(IvfPart.flat(self._dims), IvfPart.flat(self._dims), self._scale)
 
     # ---- writes
 
@@ -424,7 +169,7 @@ class VectorIndex:
             raise ValueError(f"{len(ids)} ids for {len(values)} hashes")
         if not len(ids):
             return
-        ids, values = _dedup(ids, values)
+        ids, values = dedup(ids, values)
         faiss.omp_set_num_threads(1)
         with self._lock.writing():
             self._state.add(ids, values)
@@ -459,15 +204,15 @@ class VectorIndex:
         )
         self._rebuilding.start()
 
-    def _rebuild(self, old: _State) -> None:
+    def _rebuild(self, old: IvfState) -> None:
         faiss.omp_set_num_threads(1)
         start = time.perf_counter()
         try:
             ids, values = self._copy_out(old)
-            new = _State(_Part.flat(self._dims), _Part.flat(self._dims), old.scale)
+            new = IvfState(IvfPart.flat(self._dims), IvfPart.flat(self._dims), old.scale)
             (ids, values), odd = new.split(ids, values)
             if len(ids) > self._flat_threshold:
-                new.main = _trained(ids, values, self._rng, self._nprobe, self._recall_target,
+                new.main = trained(ids, values, self._rng, self._nprobe, self._recall_target,
                                     self._cosine)
             else:
                 new.main.add(ids, values)
@@ -487,7 +232,7 @@ class VectorIndex:
             self.last_rebuild_seconds = time.perf_counter() - start
             self._maybe_rebuild_locked()
 
-    def _copy_out(self, old: _State) -> tuple[np.ndarray, np.ndarray]:
+    def _copy_out(self, old: IvfState) -> tuple[np.ndarray, np.ndarray]:
         """Every vector of `old`, one list at a time under the read lock, minus the
         ids written meanwhile (a list read before and after a move would hold an
         id twice); the log re-applies those."""
@@ -510,12 +255,12 @@ class VectorIndex:
             all_ids, all_values = all_ids[keep], all_values[keep]
         return all_ids, all_values
 
-    def _copy_list(self, part: _Part, list_no: int) -> tuple[np.ndarray, np.ndarray]:
+    def _copy_list(self, part: IvfPart, list_no: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock.reading():
             return part.list_content(list_no)
 
     @staticmethod
-    def _replay(state: _State, writes: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    def _replay(state: IvfState, writes: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
         for ids, values in writes:
             if values is None:
                 state.remove(ids)
@@ -618,15 +363,15 @@ class VectorIndex:
         with self._lock.writing():
             self._state = state
 
-    def _read_state(self, f: BinaryIO, path: Path) -> _State:
+    def _read_state(self, f: BinaryIO, path: Path) -> IvfState:
         meta = np.lib.format.read_array(f, allow_pickle=False)
         if len(meta) != 3 or int(meta[0]) != _SNAPSHOT_VERSION or int(meta[1]) != self._dims:
             raise ValueError(f"{path}: not a {self.signal_type.name} vector index snapshot")
         lo, hi, odd_lo, odd_hi, recall = np.lib.format.read_array(f, allow_pickle=False)
         main, odd = self._read_ivf(f, path), self._read_ivf(f, path)
-        return _State(
-            _Part(main, float(lo), float(hi), int(meta[2]), float(recall)),
-            _Part(odd, float(odd_lo), float(odd_hi), 0),
+        return IvfState(
+            IvfPart(main, float(lo), float(hi), int(meta[2]), float(recall)),
+            IvfPart(odd, float(odd_lo), float(odd_hi), 0),
             self._scale,
         )
 
