@@ -44,6 +44,8 @@ from robustness_tails import (
     sweep_rows,
 )
 
+from hashdb.signals import SIGNAL_TYPES
+
 SSCD_MATCH = 0.60  # the service's tiers on the corrected score (hashdb.signals.Sscd)
 SSCD_CANDIDATE = 0.40
 PHASH_THRESHOLD = 8
@@ -305,6 +307,15 @@ def sweeps(queries: list[Query], m: Matrices) -> list[Sweep]:
 
 # --- the match tier as a whole -------------------------------------------------------
 
+# The parts of the service's match tier: pHash only if the service acts on it alone.
+MATCH_TIER_PARTS: tuple[tuple[str, str, float | None], ...] = (
+    ("pdq with variants <= 31", "pdq_variants", PDQ_THRESHOLD),
+    ("sscd corrected >= 0.60", "sscd", SSCD_MATCH),
+    *(() if SIGNAL_TYPES["phash"].review_only
+      else ((f"phash <= {PHASH_THRESHOLD}", "phash", PHASH_THRESHOLD),)),
+    ("md5/sha256 equal", "exact", None),
+)
+
 def distinct_pairs(queries: list[Query], m: Matrices, passes: np.ndarray) -> int:
     """Pairs of originals (either way round) among the passing non-matching pairs: the
     edits of one original are not independent draws."""
@@ -316,7 +327,8 @@ def distinct_pairs(queries: list[Query], m: Matrices, passes: np.ndarray) -> int
 def match_tier_summary(queries: list[Query], m: Matrices, done: list[Sweep],
                        outcomes: dict[str, Outcome], n_stored: int) -> dict[str, Any]:
     """False matches of the service's match tier (PDQ with variants <= 31, or corrected
-    SSCD >= 0.60, or pHash <= 8, or an equal md5/sha256) at a database of DATABASE
+    SSCD >= 0.60, or an equal md5/sha256; pHash too unless the service makes it
+    review-only, as it does) at a database of DATABASE
     items: each part's tail model extrapolation and their sum (an upper bound of the
     union's), against what was counted: the union over every non-matching pair of
     the corpus, and the service's own false matches against what it stores."""
@@ -327,10 +339,7 @@ def match_tier_summary(queries: list[Query], m: Matrices, done: list[Sweep],
     n_pairs = m.exact.size - len(queries)
     parts: list[dict[str, Any]] = []
     union = np.zeros(m.exact.shape, bool)
-    for label, matrix, t in (("pdq with variants <= 31", "pdq_variants", PDQ_THRESHOLD),
-                             ("sscd corrected >= 0.60", "sscd", SSCD_MATCH),
-                             (f"phash <= {PHASH_THRESHOLD}", "phash", PHASH_THRESHOLD),
-                             ("md5/sha256 equal", "exact", None)):
+    for label, matrix, t in MATCH_TIER_PARTS:
         values = getattr(m, matrix)
         passes = values.copy() if t is None else (
             values <= t if by_matrix[matrix].model.metric == "hamming" else values >= t)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from robustness_analysis import (
+    MATCH_TIER_PARTS,
     PHASH_THRESHOLD,
     SSCD_CANDIDATE,
     SSCD_MATCH,
@@ -116,9 +117,8 @@ def print_summary(done: list[Sweep], summary: dict[str, Any]) -> list[dict[str, 
           "(extrapolation) fitted on all pairs and on half the queries, and that half-fit "
           "model against the other half's count")
     print_table(tiers, list(tiers[0]))
-    print(f"\n## The match tier as a whole (pdq with variants <= {PDQ_THRESHOLD} OR sscd "
-          f"corrected >= {SSCD_MATCH:.2f} OR phash <= {PHASH_THRESHOLD} OR md5/sha256 equal): "
-          "false matches per query at 10M stored items")
+    print(f"\n## The match tier as a whole ({' OR '.join(p[0] for p in MATCH_TIER_PARTS)}; "
+          "pHash is review-only in the service): false matches per query at 10M stored items")
     parts = [{**p, "false pairs (observed)": f"{p['false pairs (observed)']:,}/{p['pairs']:,}",
               "@10M model": f"{p['@10M model']:.3g}",
               "@10M model fit on half": f"{p['@10M model fit on half']:.3g}"}
