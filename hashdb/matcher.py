@@ -30,7 +30,7 @@ from hashdb.members import require_role
 from hashdb.models import Caller, NewEvent, Role, SignalHit
 from hashdb.settings import Settings
 from hashdb.signals import HashValue, Signal, signal_type, variants_compatible
-from hashdb.video_matching import aggregate
+from hashdb.video_matching import MediaMatch, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +143,25 @@ class Matcher:
     def _resolve_video(self, caller: Caller, signals: list[Signal], found: Found) -> MatchResult:
         """A video upload: frame matches aggregated per stored media. `matches` holds
         each matching media's closest frame; `media_matches` the shares both ways."""
-        frames, _ = self._matches(found.hits, found.options)
-        exact = [m for m in frames if m.signal_type != "pdq"]  # the file's own hashes
-        frame_matches = [m for m in frames if m.signal_type == "pdq"]
+        hits, _ = self._matches(found.hits, found.options)
+        frame_matches: list[Match] = []  # found by a keyframe's hash
+        whole_file: list[Match] = []  # found by the file's own hashes (md5, sha256)
+        for m in hits:
+            (frame_matches if signals[m.query_index].timestamp is not None
+             else whole_file).append(m)
         media = aggregate(signals, frame_matches,
                           self.store.keyframe_seconds(sorted({m.media_id
                                                               for m in frame_matches})),
                           self.settings.video_frame_seconds)
         floor = self.settings.video_match_percent
-        passed = [m for m in media
-                  if max(m.query_match_percent, m.compared_match_percent) >= floor]
-        below = [m for m in media if m not in passed] if found.options.include_candidates else []
-        matches = best_per_media(exact) + [m.best for m in passed]
+        passed: list[MediaMatch] = []
+        below: list[MediaMatch] = []
+        for mm in media:
+            (passed if max(mm.query_match_percent, mm.compared_match_percent) >= floor
+             else below).append(mm)
+        if not found.options.include_candidates:
+            below = []
+        matches = best_per_media(whole_file) + [m.best for m in passed]
         candidates = [m.best for m in below]
         self._log(caller, matches, "match")
         self._log(caller, candidates, "candidate")
@@ -191,14 +198,14 @@ class Matcher:
             matrix = np.frombuffer(
                 b"".join(s.value.raw for _, s in group), np.uint8
             ).reshape(len(group), st.nbytes)
+            radius = options.radius(st)
+            if radius < 0:
+                continue  # a review-only type, and no candidates were asked for
             offsets = np.zeros(len(group), np.float32)
             if st.metric == "cosine" and self.background is not None:
                 offsets = self.background.offsets(matrix)
             # The tiers apply to distance + offset: search as far as the least
             # corrected query needs, and let the tiers judge each hit.
-            radius = options.radius(st)
-            if radius < 0:
-                continue  # a review-only type, and no candidates were asked for
             radius = max(0.0, radius - float(offsets.min()))
             if len(group) <= SMALL_SEARCH:
                 # Single lookups never queue behind batches: they cost ~1 ms.
@@ -267,7 +274,7 @@ class Matcher:
         """One audit event per media found (its closest signal); never the misses."""
         best: dict[int, Match] = {}
         for m in matches:
-            if m.media_id not in best or m.distance < best[m.media_id].distance:
+            if m.media_id not in best or m.rank < best[m.media_id].rank:
                 best[m.media_id] = m
         if best:
             self.store.log_events(

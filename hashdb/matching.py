@@ -63,8 +63,8 @@ class Skipped:
 @dataclass(frozen=True, slots=True)
 class Match:
     """One stored signal found for one query signal. `variant` says what found it
-    (`pdq`, `pdq/rotate90`, `pdq/trimmed`, `sscd`...); `score` is the similarity
-    where a type has one (sscd: the cosine)."""
+    (`pdq`, `pdq/rotate90`, `pdq/trimmed`, `sscd`...); `score` is the similarity the
+    tiers apply to where a type has one (sscd: the background-corrected cosine)."""
 
     query_index: int
     media_id: int
@@ -79,6 +79,11 @@ class Match:
     variant: str = ""
     score: float | None = None
     cosine: float | None = None
+
+    @property
+    def rank(self) -> tuple[float, int]:
+        """Closest first, and the plainest variant of equally close ones."""
+        return self.distance, self.variant.count("/")
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -225,7 +230,6 @@ def best_per_media(matches: list[Match]) -> list[Match]:
     for m in matches:
         key = (m.media_id, m.signal_type)
         old = best.get(key)
-        if old is None or (m.distance, m.variant.count("/")) < (old.distance,
-                                                               old.variant.count("/")):
+        if old is None or m.rank < old.rank:
             best[key] = m
     return sorted(best.values(), key=lambda m: (m.query_index, m.distance, m.media_id))

@@ -59,8 +59,7 @@ class Settings(BaseSettings):
         from ingest.media import MediaLimits
         from ingest.video import VideoLimits
 
-        video = VideoLimits(max_pixels=VideoLimits().max_pixels,
-                            max_duration_seconds=self.max_video_seconds,
+        video = VideoLimits(max_duration_seconds=self.max_video_seconds,
                             max_decode_seconds=self.video_decode_seconds)
         return MediaLimits(self.max_upload_bytes, self.max_image_pixels, video,
                            self.video_frame_seconds, self.video_stored_frame_seconds)

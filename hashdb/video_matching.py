@@ -71,7 +71,7 @@ def aggregate(
                           if (t := queries[m.query_index].timestamp) is not None})
         s_times = sorted({m.timestamp for m in matches if m.timestamp is not None})
         total = stored_seconds.get(media_id) or 1
-        best = min(matches, key=lambda m: (m.distance, m.variant.count("/")))
+        best = min(matches, key=lambda m: m.rank)
         out.append(MediaMatch(
             media_id, best.labels, best.contributor, best.status,
             _percent(len(q_times), len(query_times)),

@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 SHORT_SIDE = 288
-DIMS = 512
 MODEL = "sscd"
 
 

@@ -233,7 +233,8 @@ class SqlStore:
         return record
 
     def keyframe_seconds(self, media_ids: Sequence[int]) -> dict[int, int]:
-        """For each video media, how many distinct seconds its stored frames cover."""
+        """For each video media, how many distinct seconds its keyframes cover (the
+        signals with a timestamp, plain views only)."""
         ids = list(dict.fromkeys(int(i) for i in media_ids))
         seconds: dict[int, set[int]] = {}
         with self._read() as db:
@@ -241,7 +242,7 @@ class SqlStore:
                 chunk = ids[start : start + 500]
                 for mid, ts in db.execute(
                     self._sql("SELECT media_id, timestamp FROM signal WHERE media_id IN ("
-                              + ",".join("?" * len(chunk)) + ") AND type = 'pdq' "
+                              + ",".join("?" * len(chunk)) + ") "
                               "AND timestamp IS NOT NULL AND variant IS NULL"),
                     chunk,
                 ):
