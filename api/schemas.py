@@ -3,6 +3,8 @@ so that a bad hash gets the domain's own error code."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -62,3 +64,135 @@ class KeyIn(_Body):
 
 class WithdrawIn(_Body):
     reason: str | None = None
+
+
+class MemberUpdate(_Body):
+    trusted_flagger: bool | None = None
+    active: bool | None = Field(None, description="false deactivates the member: its keys "
+                                "stop at once; true reactivates it")
+    reason: str | None = Field(None, max_length=2000)
+
+
+class FeedbackIn(_Body):
+    verdict: Literal["agree", "disagree"]
+    reason: str | None = Field(None, max_length=2000,
+                               description="why (required to disagree)")
+    labels: list[str] | None = Field(None, description="the labels you think are right")
+
+
+class ResolutionIn(_Body):
+    action: Literal["reinstate", "disable"]
+    reason: str = Field(..., min_length=1, max_length=2000)
+    labels: list[str] | None = Field(None, description="corrected labels (reinstate)")
+
+
+# responses ---------------------------------------------------------------------------
+class MemberOut(BaseModel):
+    name: str
+    trusted_flagger: bool
+    active: bool
+    created_at: str
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    member: str
+    roles: list[str]
+    created_at: str
+    revoked_at: str | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the key itself: shown only this once")
+
+
+class MemberDetail(MemberOut):
+    keys: list[KeyOut]
+
+
+class MemberList(BaseModel):
+    members: list[MemberOut]
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class LabelOut(BaseModel):
+    id: str
+    title: str
+    description: str
+    parent: str | None
+    aliases: list[str]
+
+
+class LabelList(BaseModel):
+    labels: list[LabelOut]
+
+
+class SignalOut(BaseModel):
+    type: str
+    value: str
+    quality: int | None = None
+    timestamp: float | None = None
+    variant: str | None = None
+
+
+class MediaOut(BaseModel):
+    media_id: int
+    contributor: str | None
+    media_type: str
+    labels: list[str]
+    status: str
+    created_at: str
+    updated_at: str
+    signals: list[SignalOut]
+    feedback: dict[str, int] = Field(description="standing agree/disagree count since the "
+                                     "last resolution (one per member, contributor excluded)")
+    note: str | None = None
+    source: str | None = None
+    media_key: str | None = None
+
+
+class ReviewQueue(BaseModel):
+    status: str
+    total: int
+    media: list[MediaOut]
+    next: int
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    media_id: int
+    member: str | None
+    verdict: str
+    reason: str | None
+    labels: list[str] | None
+    created_at: str
+
+
+class FeedbackResult(BaseModel):
+    effect: Literal["recorded", "approved", "rejected", "disputed"]
+    media: MediaOut
+    tally: dict[str, int]
+
+
+class FeedbackList(BaseModel):
+    feedback: list[FeedbackOut]
+
+
+class EventOut(BaseModel):
+    id: int
+    at: str
+    kind: str
+    member: str | None = Field(description="who acted")
+    owner: str | None = Field(description="whom it concerns: a media's contributor, "
+                              "a member whose key changed")
+    key_id: str | None
+    media_id: int | None
+    details: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next: int

@@ -56,7 +56,7 @@ class Service:
     def _create_key(self) -> str:
         out = subprocess.run(
             [HASHDB, "keys", "create", "--data-dir", str(self.data_dir), "--member",
-             "benchmark", "--roles", "contributor,matcher"],
+             "benchmark", "--roles", "contributor,matcher", "--trusted-flagger"],
             check=True, capture_output=True, text=True)
         return out.stdout.strip().splitlines()[-1].strip()
 
@@ -238,7 +238,7 @@ def collect(corpus: Corpus, queries: list[Query], members: list[str], run_dir: P
 def contribute(svc: Service, corpus: Corpus, members: list[str], clients: int,
                ) -> tuple[dict[int, str], dict[str, list[list[Any]]]]:
     def one(key: str) -> tuple[str, Any]:
-        status, body = svc.upload("/v1/media", corpus.data(key), {"labels": "benchmark"})
+        status, body = svc.upload("/v1/media", corpus.data(key), {"labels": "other-illegal"})
         if status != 201:
             raise RuntimeError(f"contributing {key}: HTTP {status} {body}")
         return key, body

@@ -76,7 +76,7 @@ def main() -> None:
                         ("numpy", "av", "faiss-cpu", "numba"))
     clips = {p.stem: p for p in sorted(SAMPLES.glob("*.mp4"))}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), index_snapshots=False)
+        settings = Settings(data_dir=Path(tmp), index_snapshots=False, review_policy="live")
         service = Service(settings)
         service.start(poll=False)
         try:

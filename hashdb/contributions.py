@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hashdb.errors import Forbidden, InvalidRequest, NotFound
+from hashdb.errors import Forbidden, InvalidRequest
 from hashdb.importing import HashItem, ImportSession, sorted_by_value
 from hashdb.matching import Skipped, low_quality, split_by_quality
-from hashdb.members import require_role
+from hashdb.members import CONSOLE, require_role
 from hashdb.models import (
     Caller,
     Contributed,
@@ -27,8 +26,8 @@ from hashdb.models import (
 )
 from hashdb.settings import Settings
 from hashdb.signals import Signal, SignalType, signal_type
-
-_LABEL = re.compile(r"[a-z0-9][a-z0-9_.:/-]{0,63}")
+from hashdb.taxonomy import Taxonomy
+from hashdb.visibility import Visibility
 
 # (data, types) -> (media type, signals to store): the runtime's hasher, which
 # bounds how many run at once.
@@ -39,11 +38,16 @@ class ContributionStore(Protocol):
     """The part of the Store that contributions need."""
 
     def contribute(
-        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None
-    ) -> list[Contributed]: ...
+        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None,
+        status: MediaStatus = MediaStatus.ACTIVE,
+    ) -> list[Contributed]:
+        """New media enter in `status`; `event` is the template of their
+        `media_contributed` events (the store adds labels, type and status)."""
+        ...
 
     def import_signals(
-        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
+        self, member: Member, groups: Sequence[ImportGroup], event: NewEvent | None = None,
+        check_existing: bool = True, status: MediaStatus = MediaStatus.ACTIVE,
     ) -> int:
         """Bulk contribution, each value its own media. `check_existing=False` is the
         caller's promise that the values are distinct and new for the member (see
@@ -54,7 +58,13 @@ class ContributionStore(Protocol):
 
     def get_media(self, media_id: int) -> MediaRecord | None: ...
 
-    def set_status(self, media_id: int, status: MediaStatus, event: NewEvent) -> MediaRecord: ...
+    def member_knows_media(self, member_id: int, media_id: int) -> bool: ...
+
+    def set_status(
+        self, media_id: int, status: MediaStatus, event: NewEvent, *,
+        expect: frozenset[MediaStatus] | None = None, labels: tuple[str, ...] | None = None,
+        settle_feedback: bool = False,
+    ) -> MediaRecord: ...
 
     def export_signals(self, after: int, limit: int) -> list[tuple[SignalHit, int | None]]: ...
 
@@ -86,13 +96,26 @@ class Contributions:
         store: ContributionStore,
         hasher: Hasher,
         after_write: Callable[[], None],
+        taxonomy: Taxonomy,
+        visibility: Visibility,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.taxonomy = taxonomy
+        self.visibility = visibility
         self._hash = hasher
         # Brings this process's indexes up to date after its own write, so that it
         # is matchable (or gone) on the very next request.
         self._after_write = after_write
+
+    def entry_status(self, caller: Caller) -> MediaStatus:
+        """How a new contribution enters: live at once for trusted flaggers, admins
+        and the operator's console, or when the consortium chose no review; otherwise
+        pending until a trusted flagger or an admin agrees."""
+        if (self.settings.review_policy == "live" or caller.member.trusted_flagger
+                or caller.is_admin or caller.key_id == CONSOLE):
+            return MediaStatus.ACTIVE
+        return MediaStatus.PENDING
 
     def contribute_hashes(self, caller: Caller, items: Sequence[HashItem]) -> list[ItemOutcome]:
         require_role(caller, Role.CONTRIBUTOR)
@@ -119,7 +142,9 @@ class Contributions:
                     media_type="video" if item.timestamp is not None else "hashes",
                 )
             )
-        stored = iter(self.store.contribute(caller.member, accepted))
+        stored = iter(self.store.contribute(caller.member, accepted,
+                                            caller.event("media_contributed"),
+                                            self.entry_status(caller)))
         self._after_write()
         results: list[ItemOutcome] = []
         for outcome in outcomes:
@@ -176,7 +201,9 @@ class Contributions:
         ]
         del packs
         check = session is None or not session.proves_new(groups)
-        created = self.store.import_signals(caller.member, groups, check) if groups else 0
+        created = self.store.import_signals(
+            caller.member, groups, caller.event("bulk_import"), check, self.entry_status(caller)
+        ) if groups else 0
         existing = accepted - created
         step = self.settings.max_batch
         for lo in range(0, len(grouped), step):
@@ -213,16 +240,17 @@ class Contributions:
                       _optional_text(source, "source", 200), media_type)
             for s in kept
         ]
-        results = self.store.contribute(caller.member, items)
+        results = self.store.contribute(caller.member, items, caller.event("media_contributed"),
+                                        self.entry_status(caller))
         self._after_write()
         created = any(r.created for r in results)
         return Contributed(results[0].media_id, created), kept, skipped
 
     def get_media(self, caller: Caller, media_id: int) -> MediaRecord:
-        record = self.store.get_media(media_id)
-        if record is None:
-            raise NotFound(f"no media {media_id}", media_id=media_id)
-        return record
+        """A media the caller may read (see `hashdb.visibility`); else NotFound."""
+        return self.visibility.check_media(
+            caller, self.store.get_media(media_id), media_id,
+            lambda: self.store.member_knows_media(caller.member.id, media_id))
 
     def withdraw(self, caller: Caller, media_id: int, reason: str | None = None) -> MediaRecord:
         record = self.get_media(caller, media_id)
@@ -234,10 +262,9 @@ class Contributions:
         if record.status == MediaStatus.DELETED:
             return record
         updated = self.store.set_status(
-            media_id,
-            MediaStatus.DELETED,
-            NewEvent("media_withdrawn", caller.member.id, media_id, record.owner.id,
-                     {"reason": reason} if reason else {}),
+            media_id, MediaStatus.DELETED,
+            caller.event("media_withdrawn", owner_id=record.owner.id,
+                         reason=_optional_text(reason, "reason", 2000)),
         )
         self._after_write()
         return updated
@@ -248,25 +275,8 @@ class Contributions:
 
     def _labels(self, labels: Sequence[str] | str | None, where: str) -> tuple[str, ...]:
         if isinstance(labels, str):
-            labels = [p for p in labels.split(",")]
-        out = []
-        for label in labels or []:
-            if not isinstance(label, str):
-                raise InvalidRequest("labels are strings", field=where)
-            label = label.strip().lower()
-            if not label:
-                continue
-            if not _LABEL.fullmatch(label):
-                raise InvalidRequest(
-                    f"bad label {label!r}: use lowercase letters, digits and _.:/-", field=where
-                )
-            if self.settings.taxonomy and label not in self.settings.taxonomy:
-                raise InvalidRequest(f"label {label!r} is not in the taxonomy", field=where,
-                                     taxonomy=self.settings.taxonomy)
-            out.append(label)
-        if not out:
-            raise InvalidRequest("at least one label is required (e.g. a category)", field=where)
-        return tuple(dict.fromkeys(out))
+            labels = labels.split(",")
+        return self.taxonomy.check(labels or [], where)
 
 
 def _is_grouped(item: HashItem) -> bool:

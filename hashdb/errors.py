@@ -75,3 +75,8 @@ class Conflict(HashdbError):
 class NotReady(HashdbError):
     code = "not_ready"
     status = 503
+
+
+class UnknownLabel(HashdbError):
+    code = "unknown_label"
+    status = 400

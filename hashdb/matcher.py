@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -30,7 +31,9 @@ from hashdb.members import require_role
 from hashdb.models import Caller, NewEvent, Role, SignalHit
 from hashdb.settings import Settings
 from hashdb.signals import HashValue, Signal, signal_type, variants_compatible
+from hashdb.taxonomy import Taxonomy
 from hashdb.video_matching import MediaMatch, aggregate
+from hashdb.visibility import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,14 @@ class Matcher:
         store: MatchStore,
         indexes: IndexSearch,
         hasher: QueryHasher,
+        taxonomy: Taxonomy,
+        visibility: Visibility,
     ) -> None:
         self.settings = settings
         self.store = store
         self.indexes = indexes
+        self.taxonomy = taxonomy
+        self.visibility = visibility
         self._hash = hasher
         self._batches = BatchGate(settings.cpu_workers)
         self.background: Background | None = load_background(settings.sscd_background)
@@ -100,6 +107,7 @@ class Matcher:
         require_role(caller, Role.MATCHER)
         if not from_media:
             check_batch(signals, "signals", self.settings.max_batch)
+        options = self._label_filter(options)
         queries, skipped = split_by_quality(signals, options.min_quality)
         return Found(self._index_hits(queries, options), options, skipped)
 
@@ -115,7 +123,14 @@ class Matcher:
         candidates = [c for c in candidates if c.media_id not in shown]
         self._log(caller, matches, "match")
         self._log(caller, candidates, "candidate")
-        return MatchResult(matches, found.skipped, candidates)
+        return MatchResult(self.visibility.matches(caller, matches), found.skipped,
+                           self.visibility.matches(caller, candidates))
+
+    def _label_filter(self, options: MatchOptions) -> MatchOptions:
+        """A label filter takes the labels' sub-labels too (and refuses unknown ones)."""
+        if not options.labels:
+            return options
+        return replace(options, labels=self.taxonomy.expand(options.labels))
 
     @staticmethod
     def is_light(signals: Sequence[Signal], options: MatchOptions) -> bool:
@@ -165,7 +180,10 @@ class Matcher:
         candidates = [m.best for m in below]
         self._log(caller, matches, "match")
         self._log(caller, candidates, "candidate")
-        return MatchResult(matches, found.skipped, candidates, passed, below)
+        shown = self.visibility.matches
+        return MatchResult(shown(caller, matches), found.skipped, shown(caller, candidates),
+                           self.visibility.media_matches(caller, passed),
+                           self.visibility.media_matches(caller, below))
 
     def match_batch(
         self, caller: Caller, queries: Sequence[tuple[str | int, HashValue]], options: MatchOptions
@@ -173,10 +191,13 @@ class Matcher:
         """(client id, matches, candidates) for each query, in order."""
         require_role(caller, Role.MATCHER)
         check_batch(queries, "queries", self.settings.max_batch)
+        options = self._label_filter(options)
         hits = self._index_hits([(i, Signal(v)) for i, (_, v) in enumerate(queries)], options)
         matches, candidates = self._matches(hits, options)
         self._log(caller, matches, "match")
         self._log(caller, candidates, "candidate")
+        matches = self.visibility.matches(caller, matches)
+        candidates = self.visibility.matches(caller, candidates)
         per_query: list[tuple[list[Match], list[Match]]] = [([], []) for _ in queries]
         for m in matches:
             per_query[m.query_index][0].append(m)
@@ -279,9 +300,9 @@ class Matcher:
         if best:
             self.store.log_events(
                 [
-                    NewEvent(kind, caller.member.id, m.media_id, m.contributor_id,
-                             {"signal_type": m.signal_type, "variant": m.variant,
-                              "distance": m.distance})
+                    caller.event(kind, m.media_id, m.contributor_id,
+                                 signal_type=m.signal_type, variant=m.variant or m.signal_type,
+                                 distance=m.distance, labels=list(m.labels))
                     for m in best.values()
                 ]
             )

@@ -36,6 +36,13 @@ class Member:
     name: str
     trusted_flagger: bool
     created_at: str
+    # A deactivated member's keys stop working; its record and history stay.
+    active: bool = True
+
+    @property
+    def kind(self) -> str:
+        """Where a contribution comes from, as transparency reports count it."""
+        return "trusted_flagger" if self.trusted_flagger else "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,18 @@ class Caller:
     @property
     def sees_everything(self) -> bool:
         return Role.ADMIN in self.roles or Role.AUDITOR in self.roles
+
+    @property
+    def reviews(self) -> bool:
+        """May review pending contributions: trusted flaggers and admins."""
+        return self.is_admin or (self.member.trusted_flagger and bool(
+            self.roles & {Role.CONTRIBUTOR, Role.MATCHER}))
+
+    def event(self, kind: str, media_id: int | None = None, owner_id: int | None = None,
+              **details: Any) -> NewEvent:
+        """An audit event with this caller as the actor."""
+        return NewEvent(kind, self.member.id, media_id, owner_id,
+                        {k: v for k, v in details.items() if v is not None}, self.key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +160,17 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One entry of the audit trail. `member` is the actor; `owner` the member the
+    event is about (a media's contributor, a member whose key changed)."""
+
     id: int
     at: str
     kind: str
     member: str | None
     media_id: int | None
     details: dict[str, Any]
+    owner: str | None = None
+    key_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -154,6 +178,8 @@ class Event:
             "at": self.at,
             "kind": self.kind,
             "member": self.member,
+            "owner": self.owner,
+            "key_id": self.key_id,
             "media_id": self.media_id,
             "details": self.details,
         }
@@ -161,11 +187,57 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
+    """An audit event to append. `member_id` and `key_id` are the actor (None and
+    "console" for the operator at the console); `owner_id` the member it is about."""
+
     kind: str
     member_id: int | None
     media_id: int | None = None
     owner_id: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    key_id: str | None = None
+
+
+def console_event(kind: str, media_id: int | None = None, owner_id: int | None = None,
+                  **details: Any) -> NewEvent:
+    """An audit event whose actor is the operator at the console (the CLI)."""
+    return NewEvent(kind, None, media_id, owner_id,
+                    {k: v for k, v in details.items() if v is not None}, "console")
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which events to read. `viewer_id`: only what that member may see (None: all)."""
+
+    after: int = 0
+    limit: int = 100
+    viewer_id: int | None = None
+    kinds: frozenset[str] = frozenset()
+    media_id: int | None = None
+    member: str | None = None  # the actor's name
+    start: str | None = None  # ISO times, inclusive start, exclusive end
+    end: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    id: int
+    media_id: int
+    member: str
+    member_id: int
+    verdict: str
+    reason: str | None
+    labels: tuple[str, ...] | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """The standing feedback on a media since its last resolution: each member's
+    latest verdict, the contributor's own left out."""
+
+    agree: int
+    disagree: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The Service: the runtime that holds the store and the indexes, and the parts
 that do the work. The CLI, the API and the tests build it.
 
-Routes and commands call the parts (`members`, `contributions`, `matcher`) and
+Routes and commands call the parts (`members`, `contributions`, `matcher`,
+`moderation`, `audit`, and the `visibility` rules for what a caller sees) and
 the runtime methods here, nothing else; every rule (roles, quality, isolation,
 audit) lives in the parts, so it holds whatever the entry point.
 """
@@ -13,15 +14,19 @@ import threading
 import time
 from pathlib import Path
 
+from hashdb.audit import AuditTrail
 from hashdb.contributions import Contributions
 from hashdb.index.base import index_for
 from hashdb.index.follower import IndexFactory, IndexFollower
 from hashdb.matcher import Matcher
 from hashdb.members import Members, require_role
-from hashdb.models import Caller, Change, Event, Role
+from hashdb.models import Caller, Change, Role
+from hashdb.moderation import Moderation
 from hashdb.settings import Settings
 from hashdb.signals import SIGNAL_TYPES, Signal
 from hashdb.store import Store, open_store
+from hashdb.taxonomy import Taxonomy
+from hashdb.visibility import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,17 @@ class Service:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.loaded_from: str | None = None
+        self.taxonomy = Taxonomy.load(settings.taxonomy_file)
+        self.visibility = Visibility(settings.contributor_names, self.store.store_id)
         self.members = Members(self.store, settings.key_cache_seconds)
-        self.contributions = Contributions(settings, self.store, self.hash_media, self._follow)
+        self.contributions = Contributions(settings, self.store, self.hash_media, self._follow,
+                                           self.taxonomy, self.visibility)
         self.matcher = Matcher(settings, self.store, self.follower,
-                               lambda data: self.hash_media(data, query=True))
+                               lambda data: self.hash_media(data, query=True),
+                               self.taxonomy, self.visibility)
+        self.moderation = Moderation(settings, self.store, self.taxonomy, self.visibility,
+                                     self._follow)
+        self.audit = AuditTrail(self.store)
 
     # lifecycle -------------------------------------------------------------
     def start(self, poll: bool = True) -> None:
@@ -112,8 +124,3 @@ class Service:
         """The change log, for export and replication: operators only."""
         require_role(caller, Role.ADMIN)
         return self.store.changes(after, max(1, min(limit, 10_000)))
-
-    def events(self, caller: Caller, after: int = 0, limit: int = 100) -> list[Event]:
-        limit = max(1, min(limit, 1000))
-        member_id = None if caller.sees_everything else caller.member.id
-        return self.store.events(after, limit, member_id)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from ingest.media import MediaLimits
@@ -51,8 +51,20 @@ class Settings(BaseSettings):
     # Background set for SSCD score correction (hashdb/background.py): a .npz of
     # vectors; empty for the packaged default, "none" to score raw cosines.
     sscd_background: str = ""
-    # Allowed labels; empty means any well-formed label.
-    taxonomy: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The label taxonomy (JSON, the shape of hashdb/data/taxonomy.json); unset means
+    # the packaged default.
+    taxonomy_file: Path | None = None
+    # What happens to a contribution from a member who is not a trusted flagger:
+    # "review" (the safe default) stores it as pending, not matched, until a trusted
+    # flagger or an admin agrees; "live" makes it matchable at once. Trusted
+    # flaggers' and admins' contributions are always live at once.
+    review_policy: Literal["review", "live"] = "review"
+    # A media is disputed (and no longer matched by default) once this many distinct
+    # members disagree with it and they outnumber those who agree.
+    dispute_threshold: int = Field(2, ge=1)
+    # How members see other members' contributions: by "name", or by a stable
+    # "anonymous" id. Admins and auditors always see names.
+    contributor_names: Literal["name", "anonymous"] = "name"
 
     def media_limits(self) -> MediaLimits:
         """What one upload may cost to decode."""
@@ -63,10 +75,3 @@ class Settings(BaseSettings):
                             max_decode_seconds=self.video_decode_seconds)
         return MediaLimits(self.max_upload_bytes, self.max_image_pixels, video,
                            self.video_frame_seconds, self.video_stored_frame_seconds)
-
-    @field_validator("taxonomy", mode="before")
-    @classmethod
-    def _split_taxonomy(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value

@@ -116,7 +116,7 @@ def import_file(
     from tqdm import tqdm
 
     if service.store.get_member(member) is None:
-        service.store.create_member(member, False)
+        service.members.create_member(None, member, False)
     caller = service.members.acting_as(member, [Role.CONTRIBUTOR])
     session = service.contributions.start_import(caller)
     fmt = _detect(path) if fmt == "auto" else fmt

@@ -95,4 +95,5 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One real server per test module, on its own SQLite file."""
     data_dir = tmp_path_factory.mktemp("hashdb-data")
-    yield from start_server(Settings(data_dir=data_dir, index_poll_seconds=0.2))
+    yield from start_server(Settings(data_dir=data_dir, index_poll_seconds=0.2,
+                                     review_policy="live"))

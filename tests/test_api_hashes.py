@@ -86,7 +86,7 @@ def test_batch_of_1000_queries(server: RunningServer, keys: dict[str, str]) -> N
     rng = np.random.default_rng(7)
     stored = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(200)]
     bob = server.client(keys["bob"])
-    items = [{"type": "pdq", "value": v, "labels": ["ncii"]} for v in stored]
+    items = [{"type": "pdq", "value": v, "labels": ["other-illegal"]} for v in stored]
     outcome = bob.post("/v1/hashes", json={"items": items}).json()["items"]
     assert len(outcome) == 200 and all(o["created"] for o in outcome)
     ids_by_value = {v: o["media_id"] for v, o in zip(stored, outcome, strict=True)}
@@ -124,8 +124,11 @@ def test_withdrawn_media_is_never_matched_again(
     assert [m["media_id"] for m in matcher.post("/v1/match", json=query).json()["matches"]] == [
         media_id
     ]
-    # Another member may not withdraw it.
-    assert_error(server.client(keys["bob"]).delete(f"/v1/media/{media_id}"), 403, "forbidden")
+    # Another member may not withdraw it: a member that never met it does not even
+    # learn that it exists; one that matched it is refused.
+    bob = server.client(keys["bob"])
+    assert_error(bob.delete(f"/v1/media/{media_id}"), 404, "not_found")
+    assert_error(matcher.delete(f"/v1/media/{media_id}"), 403, "forbidden")
     gone = alice.delete(f"/v1/media/{media_id}")
     assert gone.status_code == 200 and gone.json()["status"] == "deleted"
     assert matcher.post("/v1/match", json=query).json()["matches"] == []
@@ -145,7 +148,7 @@ def test_auth_and_roles(server: RunningServer, keys: dict[str, str]) -> None:
     body = {"signals": [{"type": "pdq", "value": ORIGINAL}]}
     assert_error(server.client().post("/v1/match", json=body), 401, "unauthorized")
     assert_error(server.client("hdb_nope_nope").post("/v1/match", json=body), 401, "unauthorized")
-    item = {"items": [{"type": "pdq", "value": ORIGINAL, "labels": ["x"]}]}
+    item = {"items": [{"type": "pdq", "value": ORIGINAL, "labels": ["other-illegal"]}]}
     assert_error(server.client(keys["matcher"]).post("/v1/hashes", json=item), 403, "forbidden")
     assert_error(server.client(keys["auditor"]).post("/v1/match", json=body), 403, "forbidden")
     assert_error(
@@ -207,9 +210,10 @@ def test_keys_are_created_shown_once_and_revocable(server: RunningServer) -> Non
         ("/v1/hashes", {"json": {"items": [{"type": "pdq", "value": "0" * 64, "labels": []}]}},
          400, "invalid_request"),
         ("/v1/hashes", {"json": {"items": [{"type": "pdq", "value": "0" * 64,
-                                            "labels": ["BAD LABEL!"]}]}}, 400, "invalid_request"),
+                                            "labels": ["BAD LABEL!"]}]}}, 400, "unknown_label"),
         ("/v1/hashes", {"json": {"items": [{"type": "sha1", "value": "0" * 40,
-                                            "labels": ["x"]}]}}, 400, "unknown_signal_type"),
+                                            "labels": ["other-illegal"]}]}},
+         400, "unknown_signal_type"),
         ("/v1/match?max_distance=-1", {"json": {"signals": [{"type": "pdq",
                                                              "value": "0" * 64}]}}, 400,
          "invalid_request"),

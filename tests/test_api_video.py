@@ -218,7 +218,8 @@ def test_vpdq_files_import_as_one_video_each(
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert '"created"' in done.stdout
-    for server in start_server(Settings(data_dir=data, index_poll_seconds=0.2)):
+    for server in start_server(Settings(data_dir=data, index_poll_seconds=0.2,
+                                        review_policy="live")):
         key = server.new_key("m", "matcher")
         body = match_video(server, key, clips["chair-orig-22-sd-bar"].read_bytes())
         [media] = body["media_matches"]

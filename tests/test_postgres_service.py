@@ -41,7 +41,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory, database_url: str
               ) -> Iterator[RunningServer]:
     data_dir = tmp_path_factory.mktemp("hashdb-pg")
     yield from start_server(
-        Settings(data_dir=data_dir, database_url=database_url, index_poll_seconds=0.2)
+        Settings(data_dir=data_dir, database_url=database_url, index_poll_seconds=0.2,
+                 review_policy="live")
     )
 
 
@@ -75,7 +76,7 @@ def test_a_write_elsewhere_reaches_the_polling_server(
     pg_server: RunningServer, database_url: str, tmp_path: Path
 ) -> None:
     writer = Service(Settings(data_dir=tmp_path, database_url=database_url,
-                              index_snapshots=False))
+                              index_snapshots=False, review_policy="live"))
     try:
         _, key = writer.members.create_key(None, "carol", ["contributor", "matcher"],
                                    create_member=True)
@@ -99,7 +100,8 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Service, Service]]:
         services = []
         try:
             for name in ("one", "two"):
-                service = Service(Settings(data_dir=tmp_path / name, database_url=url))
+                service = Service(Settings(data_dir=tmp_path / name, database_url=url,
+                                           review_policy="live"))
                 services.append(service)
                 service.start(poll=False)  # the test drives the followers by hand
             yield services[0], services[1]

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from hashdb.errors import Conflict
-from hashdb.models import ImportGroup, MediaStatus, NewEvent, NewSignal, Role
+from hashdb.models import EventQuery, ImportGroup, MediaStatus, NewEvent, NewSignal, Role
 from hashdb.signals import HashValue, Signal
 from hashdb.store import Store
 from hashdb.store.sqlite import SqliteStore, migrations
@@ -89,7 +89,7 @@ def test_sqlite_runs_in_wal_mode(sqlite_store: SqliteStore) -> None:
 def test_migrations_are_recorded_once(store: Store, backend: Backend) -> None:
     store.migrate()  # a second run applies nothing
     versions = [v for (v,) in backend.query("SELECT version FROM schema_migrations")]
-    assert versions == [v for v, _ in migrations(backend.name)] == [1, 2]
+    assert versions == [v for v, _ in migrations(backend.name)] == [1, 2, 3]
 
 
 def test_contribution_is_committed_when_acknowledged(store: Store, backend: Backend) -> None:
@@ -191,9 +191,9 @@ def test_status_changes_append_to_the_change_log(store: Store) -> None:
     ops = [(c.op, c.value) for c in store.changes(0, 100)]
     assert ops == [("add", pdq(3)), ("remove", pdq(3))]
     assert store.last_change() == 2
-    events = store.events(0, 100, None)
+    events = store.events(EventQuery(0, 100))
     assert [e.kind for e in events] == ["member_created", "media_contributed", "media_withdrawn"]
-    assert events[2].details == {"from": "active", "to": "deleted"}
+    assert events[2].details == {"from": "active", "to": "deleted", "labels": ["x"]}
     assert events[2].media_id == done.media_id and events[2].member == "alice"
     # A withdrawn value may be contributed again, as a new media.
     [again] = store.contribute(alice, [NewSignal(Signal(pdq(3)), ("x",))])
@@ -241,7 +241,7 @@ def test_import_signals_is_bulk_and_idempotent(store: Store) -> None:
     record = store.get_media(again[0].media_id)
     assert record is not None and record.labels == ("csam",) and record.source == "bulk"
     assert [s.quality for s in record.signals] == [90] and record.media_type == "hashes"
-    imports = [e for e in store.events(0, 100, None) if e.kind == "bulk_import"]
+    imports = [e for e in store.events(EventQuery(0, 100)) if e.kind == "bulk_import"]
     assert [e.details["created"] for e in imports] == [4, 2, 1]
     first = imports[0].details
     assert first["last_media_id"] - first["first_media_id"] == 3
@@ -317,10 +317,11 @@ def test_events_are_filtered_per_member(store: Store) -> None:
     [a] = store.contribute(alice, [NewSignal(Signal(pdq(1)), ("x",))])
     store.log_events([NewEvent("match", bob.id, a.media_id, alice.id, {"distance": 3})])
     store.log_events([])
-    alice_sees = [(e.kind, e.member) for e in store.events(0, 100, alice.id)]
-    assert alice_sees == [("member_created", "alice"), ("media_contributed", "alice"),
-                          ("match", "bob")]
-    bob_sees = store.events(0, 100, bob.id)
+    # Bob's match is his own history: Alice sees her media's events, not who matched it.
+    alice_sees = [(e.kind, e.member, e.owner) for e in store.events(EventQuery(0, 100, alice.id))]
+    assert alice_sees == [("member_created", None, "alice"),
+                          ("media_contributed", "alice", "alice")]
+    bob_sees = store.events(EventQuery(0, 100, bob.id))
     assert [e.kind for e in bob_sees] == ["member_created", "match"]
-    assert bob_sees[1].details == {"distance": 3}
-    assert store.events(bob_sees[-1].id, 100, None) == []
+    assert bob_sees[1].details == {"distance": 3} and bob_sees[1].owner == "alice"
+    assert store.events(EventQuery(bob_sees[-1].id, 100)) == []

@@ -1,4 +1,4 @@
-"""Members, keys and the event log."""
+"""Members, keys, and the logs (events, the audit trail, the change log)."""
 
 from __future__ import annotations
 
@@ -7,40 +7,104 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import CallerDep, ServiceDep
-from api.schemas import KeyIn, MemberIn
+from api.schemas import (
+    EventPage,
+    KeyCreated,
+    KeyIn,
+    KeyList,
+    KeyOut,
+    MemberDetail,
+    MemberIn,
+    MemberList,
+    MemberOut,
+    MemberUpdate,
+)
+from hashdb.models import ApiKey, Member
 
 router = APIRouter(prefix="/v1", tags=["members"])
 
+_KINDS = Query(description="comma-separated event kinds, e.g. feedback,media_disputed")
 
-@router.post("/members", status_code=201)
+
+@router.post("/members", status_code=201, response_model=MemberOut)
 def create_member(body: MemberIn, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    member = service.members.create_member(caller, body.name, body.trusted_flagger)
-    return {"name": member.name, "trusted_flagger": member.trusted_flagger,
-            "created_at": member.created_at}
+    return member_json(service.members.create_member(caller, body.name, body.trusted_flagger))
 
 
-@router.post("/members/{name}/keys", status_code=201)
+@router.get("/members", response_model=MemberList)
+def list_members(caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+    return {"members": [member_json(m) for m in service.members.list_members(caller)]}
+
+
+@router.get("/members/{name}", response_model=MemberDetail)
+def get_member(name: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+    member, keys = service.members.get_member(caller, name)
+    return {**member_json(member), "keys": [key_json(k) for k in keys]}
+
+
+@router.patch("/members/{name}", response_model=MemberOut)
+def update_member(
+    name: str, body: MemberUpdate, caller: CallerDep, service: ServiceDep
+) -> dict[str, Any]:
+    """Grant or withdraw trusted-flagger status; deactivate (`active: false`) or
+    reactivate a member. A deactivated member's keys stop at once."""
+    return member_json(service.members.update_member(
+        caller, name, trusted_flagger=body.trusted_flagger, active=body.active,
+        reason=body.reason))
+
+
+@router.get("/members/{name}/keys", response_model=KeyList)
+def list_keys(name: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+    _, keys = service.members.get_member(caller, name)
+    return {"keys": [key_json(k) for k in keys]}
+
+
+@router.post("/members/{name}/keys", status_code=201, response_model=KeyCreated)
 def create_key(name: str, body: KeyIn, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     record, key = service.members.create_key(caller, name, body.roles)
-    return {"key_id": record.key_id, "member": name, "roles": sorted(record.roles), "key": key}
+    return {**key_json(record), "key": key}
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", response_model=KeyOut)
 def revoke_key(key_id: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    service.members.revoke_key(caller, key_id)
-    return {"key_id": key_id, "revoked": True}
+    return key_json(service.members.revoke_key(caller, key_id))
 
 
-@router.get("/events")
+@router.get("/events", response_model=EventPage)
 def events(
     caller: CallerDep,
     service: ServiceDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    kind: Annotated[str | None, _KINDS] = None,
+    media_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    found = service.events(caller, after, limit)
-    return {"events": [e.as_json() for e in found],
+    """Your own events: what you did (contributions, matches, feedback), what happened
+    to your media and keys, and decisions on media you gave feedback on. Admins and
+    auditors see every event (and have `/v1/audit` for filters)."""
+    found = service.audit.events(caller, after, limit, _kinds(kind), media_id)
+    return {"events": [service.visibility.event(caller, e) for e in found],
             "next": found[-1].id if found else after}
+
+
+@router.get("/audit", response_model=EventPage)
+def audit(
+    caller: CallerDep,
+    service: ServiceDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    kind: Annotated[str | None, _KINDS] = None,
+    media_id: Annotated[int | None, Query(ge=1)] = None,
+    member: Annotated[str | None, Query(description="the acting member's name")] = None,
+    start: Annotated[str | None, Query(alias="from", description="date or ISO time")] = None,
+    end: Annotated[str | None, Query(alias="to", description="date or ISO time")] = None,
+) -> dict[str, Any]:
+    """The audit trail (admins and auditors): every contribution, withdrawal, change
+    of status, feedback, resolution, key and member change, and match, with its actor
+    and key. Append-only: nothing can edit or delete it. Page with `after=next`."""
+    found = service.audit.audit(caller, after, limit, _kinds(kind), media_id, member,
+                                start, end)
+    return {"events": [e.as_json() for e in found], "next": found[-1].id if found else after}
 
 
 @router.get("/changes")
@@ -55,3 +119,17 @@ def changes(
     return {"changes": [{"seq": c.seq, "op": c.op, "signal_id": c.signal_id,
                          "type": c.value.type, "value": c.value.hex} for c in found],
             "next": found[-1].seq if found else after}
+
+
+def member_json(member: Member) -> dict[str, Any]:
+    return {"name": member.name, "trusted_flagger": member.trusted_flagger,
+            "active": member.active, "created_at": member.created_at}
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    return {"key_id": key.key_id, "member": key.member.name, "roles": sorted(key.roles),
+            "created_at": key.created_at, "revoked_at": key.revoked_at}
+
+
+def _kinds(kind: str | None) -> frozenset[str]:
+    return frozenset(k.strip() for k in (kind or "").split(",") if k.strip())

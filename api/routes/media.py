@@ -7,10 +7,9 @@ from typing import Any
 from fastapi import APIRouter, File, Form, UploadFile
 
 from api.deps import CallerDep, ServiceDep
-from api.schemas import HashesRequest, WithdrawIn
+from api.schemas import HashesRequest, MediaOut, WithdrawIn
 from api.upload import read_upload
 from hashdb.importing import HashItem
-from hashdb.models import Caller, MediaRecord
 
 router = APIRouter(prefix="/v1", tags=["media"])
 
@@ -47,32 +46,19 @@ def contribute_hashes(
     return {"items": [o.as_json() for o in service.contributions.contribute_hashes(caller, items)]}
 
 
-@router.get("/media/{media_id}")
+@router.get("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True)
 def get_media(media_id: int, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
-    return media_json(service.contributions.get_media(caller, media_id), caller)
+    """A media you may see: your own, one you matched or gave feedback on, and for
+    reviewers one pending or disputed (admins and auditors: any). Others are 404."""
+    record = service.contributions.get_media(caller, media_id)
+    return service.visibility.media(caller, record)
 
 
-@router.delete("/media/{media_id}")
+@router.delete("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True)
 def withdraw_media(
     media_id: int, caller: CallerDep, service: ServiceDep, body: WithdrawIn | None = None
 ) -> dict[str, Any]:
+    """Withdraw a media (its contributor or an admin): out of matching at once, kept
+    in the audit trail."""
     record = service.contributions.withdraw(caller, media_id, body.reason if body else None)
-    return media_json(record, caller)
-
-
-def media_json(record: MediaRecord, caller: Caller) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "media_id": record.id,
-        "contributor": record.owner.name,
-        "media_type": record.media_type,
-        "labels": list(record.labels),
-        "status": record.status.value,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "signals": [s.as_json() for s in record.signals],
-        "feedback": record.feedback,
-    }
-    # Members are isolated: private fields only for the owner and the operators.
-    if record.owner.id == caller.member.id or caller.sees_everything:
-        out.update(note=record.note, source=record.source, media_key=record.media_key)
-    return out
+    return service.visibility.media(caller, record)

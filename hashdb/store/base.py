@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from hashdb.audit import AuditStore
 from hashdb.contributions import ContributionStore
 from hashdb.matcher import MatchStore
 from hashdb.members import MemberStore
-from hashdb.models import ApiKey, Change, Event
+from hashdb.models import Change
+from hashdb.moderation import ModerationStore
 
 
-class Store(MemberStore, ContributionStore, MatchStore, Protocol):
+class Store(MemberStore, ContributionStore, MatchStore, ModerationStore, AuditStore, Protocol):
     """Durable state: what members and keys, contributions and matching each need
     (their narrow protocols), plus the logs. What a caller may rely on:
 
@@ -26,8 +28,6 @@ class Store(MemberStore, ContributionStore, MatchStore, Protocol):
 
     def close(self) -> None: ...
 
-    def get_key(self, key_id: str) -> ApiKey | None: ...
-
     # logs
     def changes(self, after: int, limit: int) -> list[Change]: ...
 
@@ -37,7 +37,6 @@ class Store(MemberStore, ContributionStore, MatchStore, Protocol):
 
     def store_id(self) -> str: ...
 
-    def events(self, after: int, limit: int, member_id: int | None) -> list[Event]: ...
 
 
 def open_store(database_url: str | None, data_dir: Path) -> Store:

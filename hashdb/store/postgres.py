@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashdb.errors import Conflict
 from hashdb.models import (
+    INDEXED_STATUSES,
     Contributed,
     ImportGroup,
     MediaStatus,
@@ -47,8 +49,9 @@ from hashdb.models import (
     NewEvent,
     NewSignal,
     SignalHit,
+    console_event,
 )
-from hashdb.store.sql import SqlStore, migrations
+from hashdb.store.sql import SqlStore, contribution_events, import_event, migrations
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -122,6 +125,12 @@ class PostgresStore(SqlStore):
     def _bulk(self, db: Any) -> Any:
         return db.cursor(binary=True)  # no hex decoding of bytea
 
+    def _labels_param(self, labels: tuple[str, ...]) -> Any:
+        return Jsonb(list(labels))
+
+    def _time_param(self, iso: str) -> Any:
+        return datetime.fromisoformat(iso)
+
     def _insert_events(self, db: Any, events: Sequence[NewEvent], at: Any = None) -> None:
         _insert_events(db, events, at)
 
@@ -140,7 +149,9 @@ class PostgresStore(SqlStore):
                 db.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, _now()))
 
     # members and keys ------------------------------------------------------
-    def create_member(self, name: str, trusted_flagger: bool) -> Member:
+    def create_member(
+        self, name: str, trusted_flagger: bool, event: NewEvent | None = None
+    ) -> Member:
         at = _now()
         with self._write() as db:
             row = db.execute(
@@ -151,13 +162,15 @@ class PostgresStore(SqlStore):
             if row is None:
                 raise Conflict(f"member {name!r} already exists", member=name)
             member = Member(int(row[0]), name, trusted_flagger, _iso(at))
-            _insert_events(db, [NewEvent("member_created", member.id, details={"name": name})])
+            _insert_events(db, [replace(event or console_event("member_created", name=name),
+                                         owner_id=member.id)], at)
             return member
 
 
     # media and signals -----------------------------------------------------
     def contribute(
-        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None
+        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None,
+        status: MediaStatus = MediaStatus.ACTIVE,
     ) -> list[Contributed]:
         at = _now()
         results: list[Contributed] = []
@@ -178,12 +191,15 @@ class PostgresStore(SqlStore):
                 ):
                     known[(t, bytes(v))] = int(mid)
             by_key: dict[str, int] = {}
-            new_media: list[int] = []
+            new_media: dict[int, NewSignal] = {}
+            # media id -> whether its signals are in the indexes (a pending media's are
+            # not until it is approved)
+            indexed: dict[int, bool] = {}
             one_by_one: Sequence[NewSignal] = items
             if loose and len(loose) == len(items):
                 # No media keys: every new value is a media of its own, so the whole
                 # request is written set-based, in three statements.
-                results, new_media = _contribute_loose(db, member, items, known, at)
+                results, new_media = _contribute_loose(db, member, items, known, at, status)
                 one_by_one = ()
             for item in one_by_one:
                 value = item.signal.value
@@ -192,11 +208,13 @@ class PostgresStore(SqlStore):
                     media_id = by_key.get(item.media_key)
                     if media_id is None:
                         row = db.execute(
-                            "SELECT id FROM media WHERE member_id = %s AND media_key = %s "
-                            "AND status <> 'deleted'",
+                            "SELECT id, status FROM media WHERE member_id = %s "
+                            "AND media_key = %s AND status <> 'deleted'",
                             (member.id, item.media_key),
                         ).fetchone()
-                        media_id = int(row[0]) if row else None
+                        if row:
+                            media_id = int(row[0])
+                            indexed[media_id] = MediaStatus(row[1]) in INDEXED_STATUSES
                     if media_id is not None:
                         dup = db.execute(
                             "SELECT 1 FROM signal WHERE media_id = %s AND type = %s "
@@ -215,7 +233,9 @@ class PostgresStore(SqlStore):
                 signal_args = (member.id, value.type, value.raw, item.signal.quality,
                                item.signal.timestamp, item.signal.variant)
                 if media_id is None:
-                    # Media, signal and change in one round trip.
+                    # Media, signal and change in one round trip (no change while the
+                    # media waits for review: `change_op` is then NULL).
+                    change_op = "add" if status in INDEXED_STATUSES else None
                     row = db.execute(
                         "WITH md AS (INSERT INTO media (member_id, media_key, media_type, "
                         " labels, note, source, status, created_at, updated_at) "
@@ -224,15 +244,16 @@ class PostgresStore(SqlStore):
                         " timestamp, variant) SELECT id, %s, %s, %s, %s, %s, %s FROM md "
                         " RETURNING id, type, value), "
                         "c AS (INSERT INTO change (op, signal_id, type, value) "
-                        " SELECT 'add', id, type, value FROM s) "
+                        " SELECT %s, id, type, value FROM s WHERE %s::text IS NOT NULL) "
                         "SELECT id FROM md",
                         (member.id, item.media_key, item.media_type, Jsonb(list(item.labels)),
-                         item.note, item.source, MediaStatus.ACTIVE.value, at, at,
-                         *signal_args),
+                         item.note, item.source, status.value, at, at,
+                         *signal_args, change_op, change_op),
                     ).fetchone()
                     assert row is not None
                     media_id = int(row[0])
-                    new_media.append(media_id)
+                    new_media[media_id] = item
+                    indexed[media_id] = status in INDEXED_STATUSES
                     if item.media_key is not None:
                         by_key[item.media_key] = media_id
                 else:
@@ -241,21 +262,17 @@ class PostgresStore(SqlStore):
                         " quality, timestamp, variant) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                         " RETURNING id, type, value) "
                         "INSERT INTO change (op, signal_id, type, value) "
-                        "SELECT 'add', id, type, value FROM s",
-                        (media_id, *signal_args),
+                        "SELECT 'add', id, type, value FROM s WHERE %s",
+                        (media_id, *signal_args, indexed.get(media_id, True)),
                     )
                 known.setdefault((value.type, value.raw), media_id)
                 results.append(Contributed(media_id, True))
-            events = [
-                NewEvent("media_contributed", member.id, mid, member.id,
-                         dict(event.details) if event else {})
-                for mid in new_media
-            ]
-            _insert_events(db, events, at)
+            _insert_events(db, contribution_events(event, member, new_media, status), at)
         return results
 
     def import_signals(
-        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
+        self, member: Member, groups: Sequence[ImportGroup], event: NewEvent | None = None,
+        check_existing: bool = True, status: MediaStatus = MediaStatus.ACTIVE,
     ) -> int:
         """Bulk contribution of (type, value, quality, labels_json, source) rows, each its
         own media: COPY into a temporary table, then set-based inserts. Idempotent like
@@ -306,8 +323,8 @@ class PostgresStore(SqlStore):
                     "INSERT INTO media (id, member_id, media_key, media_type, labels, note, "
                     "source, status, created_at, updated_at) OVERRIDING SYSTEM VALUE "
                     "SELECT %s + n, %s, NULL, 'hashes', labels::jsonb, NULL, source, "
-                    "'active', %s, %s FROM fresh ORDER BY n",
-                    (mbase, member.id, at, at),
+                    "%s, %s, %s FROM fresh ORDER BY n",
+                    (mbase, member.id, status.value, at, at),
                 )
                 db.execute(
                     "INSERT INTO signal (id, media_id, member_id, type, value, quality, "
@@ -315,16 +332,17 @@ class PostgresStore(SqlStore):
                     "value, quality, NULL FROM fresh ORDER BY n",
                     (sbase, mbase, member.id),
                 )
-                db.execute(
-                    "INSERT INTO change (op, signal_id, type, value) "
-                    "SELECT 'add', %s + n, type, value FROM fresh ORDER BY n",
-                    (sbase,),
-                )
+                if status in INDEXED_STATUSES:
+                    db.execute(
+                        "INSERT INTO change (op, signal_id, type, value) "
+                        "SELECT 'add', %s + n, type, value FROM fresh ORDER BY n",
+                        (sbase,),
+                    )
+                per_labels = db.execute("SELECT labels, count(*) FROM fresh GROUP BY labels")
                 _insert_events(
                     db,
-                    [NewEvent("bulk_import", member.id, None, member.id,
-                              {"created": created, "first_media_id": mbase + 1,
-                               "last_media_id": mbase + created})],
+                    [import_event(event, member, status, created, mbase,
+                                  [(json.loads(lab), int(n)) for lab, n in per_labels])],
                     at,
                 )
         return created
@@ -345,8 +363,8 @@ class PostgresStore(SqlStore):
 
 def _contribute_loose(
     db: Conn, member: Member, items: Sequence[NewSignal],
-    known: dict[tuple[str, bytes], int], at: datetime,
-) -> tuple[list[Contributed], list[int]]:
+    known: dict[tuple[str, bytes], int], at: datetime, status: MediaStatus,
+) -> tuple[list[Contributed], dict[int, NewSignal]]:
     """`contribute` for items without a media key, with the change lock held: the
     same outcome as item by item (a value repeated in the request is created once)."""
     fresh: dict[tuple[str, bytes], int] = {}  # value -> position among the new media
@@ -363,10 +381,10 @@ def _contribute_loose(
             "INSERT INTO media (id, member_id, media_key, media_type, labels, note, source, "
             "status, created_at, updated_at) OVERRIDING SYSTEM VALUE "
             "SELECT %(mbase)s + n, %(member)s, NULL, media_type, labels::jsonb, note, source, "
-            "'active', %(at)s, %(at)s FROM unnest(%(media_type)s::text[], %(labels)s::text[], "
+            "%(status)s, %(at)s, %(at)s FROM unnest(%(media_type)s::text[], %(labels)s::text[], "
             "%(note)s::text[], %(source)s::text[]) WITH ORDINALITY "
             "AS q(media_type, labels, note, source, n) ORDER BY n",
-            {"mbase": mbase, "member": member.id, "at": at,
+            {"mbase": mbase, "member": member.id, "at": at, "status": status.value,
              "media_type": [i.media_type for i in new],
              "labels": [json.dumps(list(i.labels)) for i in new],
              "note": [i.note for i in new], "source": [i.source for i in new]},
@@ -384,12 +402,13 @@ def _contribute_loose(
             "AS q(type, value, quality, timestamp, n) ORDER BY n",
             signals,
         )
-        db.execute(
-            "INSERT INTO change (op, signal_id, type, value) SELECT 'add', %(sbase)s + n, "
-            "type, value FROM unnest(%(type)s::text[], %(value)s::bytea[]) WITH ORDINALITY "
-            "AS q(type, value, n) ORDER BY n",
-            signals,
-        )
+        if status in INDEXED_STATUSES:
+            db.execute(
+                "INSERT INTO change (op, signal_id, type, value) SELECT 'add', %(sbase)s + n, "
+                "type, value FROM unnest(%(type)s::text[], %(value)s::bytea[]) WITH ORDINALITY "
+                "AS q(type, value, n) ORDER BY n",
+                signals,
+            )
     results: list[Contributed] = []
     created: set[int] = set()
     for item in items:
@@ -400,7 +419,7 @@ def _contribute_loose(
             media_id = mbase + 1 + fresh[key]
             results.append(Contributed(media_id, media_id not in created))
             created.add(media_id)
-    return results, [mbase + 1 + k for k in range(len(new))]
+    return results, {mbase + 1 + k: item for k, item in enumerate(new)}
 
 
 def _reserve(db: Conn, table: str, count: int) -> int:
@@ -423,8 +442,8 @@ def _insert_events(db: Conn, events: Sequence[NewEvent], at: datetime | None = N
     at = at or _now()
     with db.cursor() as cur:
         cur.executemany(
-            "INSERT INTO event (at, kind, member_id, media_id, owner_id, details) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            [(at, e.kind, e.member_id, e.media_id, e.owner_id, Jsonb(e.details))
+            "INSERT INTO event (at, kind, member_id, media_id, owner_id, details, key_id) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(at, e.kind, e.member_id, e.media_id, e.owner_id, Jsonb(e.details), e.key_id)
              for e in events],
         )

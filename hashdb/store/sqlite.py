@@ -11,12 +11,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hashdb.errors import Conflict
 from hashdb.models import (
+    INDEXED_STATUSES,
     Contributed,
     ImportGroup,
     MediaStatus,
@@ -24,8 +26,9 @@ from hashdb.models import (
     NewEvent,
     NewSignal,
     SignalHit,
+    console_event,
 )
-from hashdb.store.sql import SqlStore, migrations
+from hashdb.store.sql import SqlStore, contribution_events, import_event, migrations
 
 
 def now() -> str:
@@ -108,7 +111,9 @@ class SqliteStore(SqlStore):
                 db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, now()))
 
     # members and keys ------------------------------------------------------
-    def create_member(self, name: str, trusted_flagger: bool) -> Member:
+    def create_member(
+        self, name: str, trusted_flagger: bool, event: NewEvent | None = None
+    ) -> Member:
         with self._write() as db:
             if db.execute("SELECT 1 FROM member WHERE name = ?", (name,)).fetchone():
                 raise Conflict(f"member {name!r} already exists", member=name)
@@ -118,19 +123,24 @@ class SqliteStore(SqlStore):
                 (name, int(trusted_flagger), at),
             )
             member = Member(int(cur.lastrowid or 0), name, trusted_flagger, at)
-            _insert_events(db, [NewEvent("member_created", member.id, details={"name": name})])
+            _insert_events(db, [replace(event or console_event("member_created", name=name),
+                                         owner_id=member.id)], at)
             return member
 
 
     # media and signals -----------------------------------------------------
     def contribute(
-        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None
+        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None,
+        status: MediaStatus = MediaStatus.ACTIVE,
     ) -> list[Contributed]:
         at = now()
         results: list[Contributed] = []
         with self._write() as db:
             by_key: dict[str, int] = {}
-            new_media: list[int] = []
+            # media id -> whether its signals are in the indexes (a pending media's are
+            # not until it is approved)
+            indexed: dict[int, bool] = {}
+            new_media: dict[int, NewSignal] = {}
             for item in items:
                 value = item.signal.value
                 media_id: int | None = None
@@ -138,11 +148,13 @@ class SqliteStore(SqlStore):
                     media_id = by_key.get(item.media_key)
                     if media_id is None:
                         row = db.execute(
-                            "SELECT id FROM media WHERE member_id = ? AND media_key = ? "
+                            "SELECT id, status FROM media WHERE member_id = ? AND media_key = ? "
                             "AND status != 'deleted'",
                             (member.id, item.media_key),
                         ).fetchone()
-                        media_id = int(row[0]) if row else None
+                        if row:
+                            media_id = int(row[0])
+                            indexed[media_id] = MediaStatus(row[1]) in INDEXED_STATUSES
                     if media_id is not None:
                         dup = db.execute(
                             "SELECT 1 FROM signal WHERE media_id = ? AND type = ? AND value = ? "
@@ -168,10 +180,11 @@ class SqliteStore(SqlStore):
                         "INSERT INTO media (member_id, media_key, media_type, labels, note, "
                         "source, status, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
                         (member.id, item.media_key, item.media_type, json.dumps(item.labels),
-                         item.note, item.source, MediaStatus.ACTIVE.value, at, at),
+                         item.note, item.source, status.value, at, at),
                     )
                     media_id = int(cur.lastrowid or 0)
-                    new_media.append(media_id)
+                    new_media[media_id] = item
+                    indexed[media_id] = status in INDEXED_STATUSES
                     if item.media_key is not None:
                         by_key[item.media_key] = media_id
                 cur = db.execute(
@@ -180,21 +193,18 @@ class SqliteStore(SqlStore):
                     (media_id, member.id, value.type, value.raw, item.signal.quality,
                      item.signal.timestamp, item.signal.variant),
                 )
-                db.execute(
-                    "INSERT INTO change (op, signal_id, type, value) VALUES ('add', ?, ?, ?)",
-                    (cur.lastrowid, value.type, value.raw),
-                )
+                if indexed[media_id]:
+                    db.execute(
+                        "INSERT INTO change (op, signal_id, type, value) VALUES ('add', ?, ?, ?)",
+                        (cur.lastrowid, value.type, value.raw),
+                    )
                 results.append(Contributed(media_id, True))
-            events = [
-                NewEvent("media_contributed", member.id, mid, member.id,
-                         dict(event.details) if event else {})
-                for mid in new_media
-            ]
-            _insert_events(db, events, at)
+            _insert_events(db, contribution_events(event, member, new_media, status), at)
         return results
 
     def import_signals(
-        self, member: Member, groups: Sequence[ImportGroup], check_existing: bool = True
+        self, member: Member, groups: Sequence[ImportGroup], event: NewEvent | None = None,
+        check_existing: bool = True, status: MediaStatus = MediaStatus.ACTIVE,
     ) -> int:
         """Bulk contribution: each value its own media, written set-based rather than
         row by row. Idempotent like `contribute`: values this member already has (or
@@ -255,8 +265,8 @@ class SqliteStore(SqlStore):
                 db.execute(
                     "INSERT INTO media (id, member_id, media_key, media_type, labels, note, "
                     "source, status, created_at, updated_at) SELECT ? + n, ?, NULL, 'hashes', "
-                    "labels, NULL, source, 'active', ?, ? FROM fresh ORDER BY n",
-                    (mbase, member.id, at, at),
+                    "labels, NULL, source, ?, ?, ? FROM fresh ORDER BY n",
+                    (mbase, member.id, status.value, at, at),
                 )
                 db.execute(
                     "INSERT INTO signal (id, media_id, member_id, type, value, quality, "
@@ -264,16 +274,17 @@ class SqliteStore(SqlStore):
                     "ORDER BY n",
                     (sbase, mbase, member.id),
                 )
-                db.execute(
-                    "INSERT INTO change (op, signal_id, type, value) "
-                    "SELECT 'add', ? + n, type, value FROM fresh ORDER BY n",
-                    (sbase,),
-                )
+                if status in INDEXED_STATUSES:
+                    db.execute(
+                        "INSERT INTO change (op, signal_id, type, value) "
+                        "SELECT 'add', ? + n, type, value FROM fresh ORDER BY n",
+                        (sbase,),
+                    )
+                per_labels = db.execute("SELECT labels, count(*) FROM fresh GROUP BY labels")
                 _insert_events(
                     db,
-                    [NewEvent("bulk_import", member.id, None, member.id,
-                              {"created": created, "first_media_id": mbase + 1,
-                               "last_media_id": mbase + created})],
+                    [import_event(event, member, status, created, mbase,
+                                  [(json.loads(lab), int(n)) for lab, n in per_labels])],
                     at,
                 )
             db.execute("DROP TABLE temp.fresh")
@@ -298,8 +309,19 @@ class SqliteStore(SqlStore):
 
     # logs --------------------------------------------------------------------
 def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """The statements of a migration, one by one (a trigger's body holds ';' too)."""
+    out: list[str] = []
+    pending = ""
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        pending += line + "\n"
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        out.append(pending.strip())
+    return out
 
 
 
@@ -309,7 +331,8 @@ def _insert_events(
 ) -> None:
     at = at or now()
     db.executemany(
-        "INSERT INTO event (at, kind, member_id, media_id, owner_id, details) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(at, e.kind, e.member_id, e.media_id, e.owner_id, json.dumps(e.details)) for e in events],
+        "INSERT INTO event (at, kind, member_id, media_id, owner_id, details, key_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(at, e.kind, e.member_id, e.media_id, e.owner_id, json.dumps(e.details), e.key_id)
+         for e in events],
     )
