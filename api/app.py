@@ -13,7 +13,7 @@ from starlette.formparsers import MultiPartParser
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetrics, make_registry
-from api.routes import admin, health, matching, media, moderation
+from api.routes import admin, health, matching, media, moderation, reports
 from hashdb import __version__
 from hashdb.service import Service
 from hashdb.settings import Settings
@@ -61,7 +61,7 @@ def create_app(
     )
     app.state.service = svc
     install_error_handlers(app)
-    for module in (health, matching, media, moderation, admin):
+    for module in (health, matching, media, moderation, admin, reports):
         app.include_router(module.router)
     registry, requests, latency = make_registry(svc)
     app.state.metrics = registry

@@ -62,7 +62,7 @@ tr.group td{color:#52606d;font-size:12px;padding-top:10px}
 details summary{cursor:pointer;font-weight:600}
 details table{margin-top:10px}
 .note{color:#52606d;font-size:13px}
-.error{background:#fdecea;border:1px solid #f0b4ae;color:#8a1c12;padding:8px 12px;
+.error,.notice{background:#fdecea;border:1px solid #f0b4ae;color:#8a1c12;padding:8px 12px;
  border-radius:4px}
 .login{max-width:440px;margin:80px auto}
 .login form{display:flex;flex-direction:column;gap:12px}
@@ -100,6 +100,9 @@ def render_report(
         ("disabled", d["outcomes"]["disabled"]),
     ]
     bucket = escape(period["bucket"])
+    # Set by the route when the period asked for could not be used.
+    notice = (f'<p class="notice" role="alert">{escape(report["notice"])}</p>'
+              if report.get("notice") else "")
     charts = {
         "series": series_chart(
             points,
@@ -181,7 +184,7 @@ def render_report(
 <h1>{TITLE}</h1>
 <p class="meta">{escape(_when(period["from"]))} to {escape(_when(period["to"]))} UTC
 &middot; per {bucket} &middot; scope: {escape(report["scope"])}</p>
-<div class="toolbar">
+{notice}<div class="toolbar">
 <form class="range" method="get" action="/reports">
 <label for="from">From (UTC)<input id="from" name="from" value="{escape(period_from)}"></label>
 <label for="to">To (UTC, exclusive)<input id="to" name="to" value="{escape(period_to)}"></label>
