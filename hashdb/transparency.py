@@ -236,6 +236,8 @@ class _Tally:
     series: list[list[int]] = field(default_factory=list)
 
     def add(self, event: Event) -> None:
+        # Details are read with defaults: events written before a field existed
+        # (an older trail) count as far as they can, never fail the report.
         at = parse_at(event.at)
         mid, details = event.media_id, event.details
         # "Later disputed or disabled" looks at the whole trail, after the period
@@ -247,19 +249,20 @@ class _Tally:
         in_period = at >= self.start
         match event.kind:
             case "media_contributed":
-                if details["status"] == "pending" and mid is not None:
+                if details.get("status") == "pending" and mid is not None:
                     self.pending[mid] = at
                 if in_period:
-                    self._contributed(at, Counter(details["labels"]), 1, details)
+                    self._contributed(at, Counter(details.get("labels", ())), 1, details)
             case "bulk_import":
-                if details["status"] == "pending" and details["created"]:
+                if details.get("status") == "pending" and details.get("created"):
                     batch = (details["first_media_id"], details["created"], at)
                     bisect.insort(self.imports, batch, key=lambda b: b[0])
                 if in_period:
-                    self._contributed(at, Counter(details["labels"]), details["created"], details)
+                    self._contributed(at, Counter(details.get("labels", {})),
+                                     int(details.get("created", 0)), details)
             case "match" if in_period:
                 self.n["matches"] += 1
-                self.match_labels.update(details["labels"])
+                self.match_labels.update(details.get("labels", ()))
                 self.match_members[event.member or ""] += 1
                 self._bump(at, 1)
                 if mid is not None:
@@ -267,7 +270,7 @@ class _Tally:
             case "candidate" if in_period:
                 self.n["candidates"] += 1
             case "feedback" if in_period:
-                self.n[details["verdict"]] += 1
+                self.n[str(details.get("verdict"))] += 1
             case kind if kind in _STATE_CHANGES and mid is not None:
                 self._state_change(kind, mid, at, details, in_period)
 
@@ -275,8 +278,8 @@ class _Tally:
                      details: Mapping[str, Any]) -> None:
         self.n["contributions"] += created
         self.contribution_labels.update(labels)
-        self.sources[details["contributor_kind"]] += created
-        if details["status"] == "pending":
+        self.sources[details.get("contributor_kind", "member")] += created
+        if details.get("status") == "pending":
             self.n["entered_review"] += created
         self._bump(at, 0, created)
 
@@ -296,7 +299,7 @@ class _Tally:
             self._bump(at, 2)
         elif kind == "media_withdrawn":
             self.n["withdrawals"] += 1
-            self.withdrawal_labels.update(details["labels"])
+            self.withdrawal_labels.update(details.get("labels", ()))
             self._bump(at, 3)
         elif kind in ("media_approved", "media_rejected") or source == "pending":
             passed = kind in ("media_approved", "media_reinstated")

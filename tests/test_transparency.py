@@ -372,3 +372,19 @@ def test_times_round_trip_in_the_trails_format() -> None:
     at = "2026-12-05T21:30:00.123Z"
     assert parse_at(at) == datetime(2026, 12, 5, 21, 30, 0, 123000, tzinfo=UTC)
     assert format_at(parse_at(at)) == at
+
+
+def test_events_from_an_older_trail_count_without_their_newer_fields() -> None:
+    """A trail written before these details existed (no labels, status or source on
+    contributions and matches) still gives a report, counting what it can."""
+    trail = Trail()
+    trail.add(1, "media_contributed", 1)
+    trail.add(2, "bulk_import", None, created=5, first_media_id=2, last_media_id=6)
+    trail.add(3, "match", 1, "bob", signal_type="pdq", distance=3)
+    trail.add(4, "media_withdrawn", 1, **{"from": "active", "to": "deleted"})
+    out = trail.report().as_json()
+    assert out["contributions"]["total"] == 6
+    assert out["contributions"]["by_source"] == {"trusted_flagger": 0, "member": 6}
+    assert out["contributions"]["by_label"] == {} and out["review"]["pending_at_end"] == 0
+    assert out["matches"]["by_member"] == {"bob": 1} and out["matches"]["by_label"] == {}
+    assert out["withdrawals"]["total"] == 1
