@@ -477,38 +477,48 @@ class SqlStore:
                 self._insert_events(db, events)
 
     def events(self, query: EventQuery) -> list[Event]:
-        sql = (
-            "SELECT e.id, e.at, e.kind, m.name, e.media_id, e.details, o.name, e.key_id "
-            "FROM event e LEFT JOIN member m ON m.id = e.member_id "
-            "LEFT JOIN member o ON o.id = e.owner_id WHERE e.id > ? "
-        )
-        args: list[object] = [query.after]
+        """Events after a cursor, in id order. A viewer sees three kinds of event
+        (its own acts; what concerns it, but others' matches; decisions on media it
+        gave feedback on): each is read in id order from its own index and the three
+        are merged, so a page costs its size, not the length of the trail."""
+        filters, fargs = "", list[object]()
+        if query.kinds:
+            filters += "AND e.kind IN (" + ",".join("?" * len(query.kinds)) + ") "
+            fargs += sorted(query.kinds)
+        if query.media_id is not None:
+            filters += "AND e.media_id = ? "
+            fargs.append(query.media_id)
+        if query.member is not None:
+            filters += "AND e.member_id = (SELECT id FROM member WHERE name = ?) "
+            fargs.append(query.member)
+        if query.start is not None:
+            filters += "AND e.at >= ? "
+            fargs.append(self._time_param(query.start))
+        if query.end is not None:
+            filters += "AND e.at < ? "
+            fargs.append(self._time_param(query.end))
+        branches: list[tuple[str, list[object]]] = [("", [])]
         if query.viewer_id is not None:
             private = ", ".join(f"'{k}'" for k in PRIVATE_KINDS)
             state = ", ".join(f"'{k}'" for k in STATE_KINDS)
-            sql += (
-                "AND (e.member_id = ? "
-                f"OR (e.owner_id = ? AND e.kind NOT IN ({private})) "
-                f"OR (e.kind IN ({state}) AND e.media_id IN "
-                "(SELECT f.media_id FROM feedback f WHERE f.member_id = ?))) "
-            )
-            args += [query.viewer_id] * 3
-        if query.kinds:
-            sql += "AND e.kind IN (" + ",".join("?" * len(query.kinds)) + ") "
-            args += sorted(query.kinds)
-        if query.media_id is not None:
-            sql += "AND e.media_id = ? "
-            args.append(query.media_id)
-        if query.member is not None:
-            sql += "AND m.name = ? "
-            args.append(query.member)
-        if query.start is not None:
-            sql += "AND e.at >= ? "
-            args.append(self._time_param(query.start))
-        if query.end is not None:
-            sql += "AND e.at < ? "
-            args.append(self._time_param(query.end))
-        sql += "ORDER BY e.id LIMIT ?"
+            v = query.viewer_id
+            branches = [
+                ("AND e.member_id = ? ", [v]),
+                (f"AND e.owner_id = ? AND e.kind NOT IN ({private}) ", [v]),
+                (f"AND e.kind IN ({state}) AND e.media_id IN "
+                 "(SELECT f.media_id FROM feedback f WHERE f.member_id = ?) ", [v]),
+            ]
+        parts, args = list[str](), list[object]()
+        for i, (where, wargs) in enumerate(branches):
+            parts.append(f"SELECT id FROM (SELECT e.id FROM event e WHERE e.id > ? {where}"
+                         f"{filters}ORDER BY e.id LIMIT ?) AS b{i}")
+            args += [query.after, *wargs, *fargs, query.limit]
+        sql = (
+            "SELECT e.id, e.at, e.kind, m.name, e.media_id, e.details, o.name, e.key_id "
+            "FROM event e LEFT JOIN member m ON m.id = e.member_id "
+            "LEFT JOIN member o ON o.id = e.owner_id "
+            f"WHERE e.id IN ({' UNION '.join(parts)}) ORDER BY e.id LIMIT ?"
+        )
         args.append(query.limit)
         with self._read() as db:
             rows = db.execute(self._sql(sql), args).fetchall()
