@@ -18,7 +18,7 @@ REPORT_KINDS = frozenset({
     "media_contributed", "bulk_import", "media_withdrawn", "media_approved", "media_rejected",
     "media_disputed", "media_reinstated", "media_disabled", "feedback", "match", "candidate",
 })
-MAX_REPORT_DAYS = 5 * 366
+MAX_REPORT_DAYS = 10 * 366  # weekly buckets keep the series near 500 points
 PAGE = 5000
 
 

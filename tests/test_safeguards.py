@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from conftest import RunningServer
+from hashdb.settings import Settings
 from safeguards_support import (
     BACKENDS,
     add_key,
@@ -27,9 +30,6 @@ from safeguards_support import (
     serve,
     status_of,
 )
-
-from conftest import RunningServer
-from hashdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from conftest import RunningServer
+from hashdb.settings import Settings
 from safeguards_support import (
     BACKENDS,
     Who,
@@ -33,9 +36,6 @@ from safeguards_support import (
     resolve,
     serve,
 )
-
-from conftest import RunningServer
-from hashdb.settings import Settings
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

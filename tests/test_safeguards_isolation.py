@@ -9,6 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from conftest import RunningServer
+from hashdb.importing import HashItem
+from hashdb.matching import MatchOptions
+from hashdb.service import Service
+from hashdb.settings import Settings
+from hashdb.signals import HashValue, Signal
+from postgres_schemas import postgres_schema
 from safeguards_support import (
     BACKENDS,
     admin,
@@ -24,14 +32,6 @@ from safeguards_support import (
     serve,
     status_of,
 )
-
-from conftest import RunningServer
-from hashdb.importing import HashItem
-from hashdb.matching import MatchOptions
-from hashdb.service import Service
-from hashdb.settings import Settings
-from hashdb.signals import HashValue, Signal
-from postgres_schemas import postgres_schema
 
 PRIVATE = ("note", "source", "media_key")
 
