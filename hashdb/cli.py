@@ -71,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "-H 'content-type: application/json' "
                 f"-d '{{\"signals\": [{{\"type\": \"pdq\", \"value\": \"{'0' * 64}\"}}]}}' "
                 f"{base}/v1/match\n"
-                f"API docs: {base}/docs\n",
+                f"API docs: {base}/docs\n"
+                f"Transparency report (sign in with the key): {base}/reports\n",
                 flush=True,
             )
         else:

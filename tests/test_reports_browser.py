@@ -9,6 +9,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,6 +74,18 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
         yield server, keys
 
 
+def submit(driver: Any, button_id: str) -> None:
+    """Clicks a form's button and waits until the next page has replaced this one
+    (a click returns before the navigation it starts)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    button = driver.find_element(By.ID, button_id)
+    button.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(button))
+
+
 EXPECTED = {
     "chart-contributions-by-label": {"terrorism/glorification": 3, "child-sexual-abuse": 2,
                                      "counterfeit-goods": 2, "terrorism/graphic-violence": 1},
@@ -92,10 +105,10 @@ def test_reports_page_in_chromium(seeded: tuple[RunningServer, dict], tmp_path: 
         driver.get(f"{server.url}/reports")
         # Not signed in: the login form, and a wrong key is refused on the page.
         driver.find_element(By.ID, "key").send_keys("hdb_wrong_key")
-        driver.find_element(By.ID, "login").click()
+        submit(driver, "login")
         assert "not valid" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
         driver.find_element(By.ID, "key").send_keys(server.admin_key)
-        driver.find_element(By.ID, "login").click()
+        submit(driver, "login")
         assert driver.find_element(By.TAG_NAME, "h1").text == "hashdb transparency report"
         assert "scope: all" in driver.page_source
 
@@ -126,9 +139,9 @@ def test_reports_page_in_chromium(seeded: tuple[RunningServer, dict], tmp_path: 
             shutil.copy(shot, keep)
 
         # A member signs in with its own key: its own figures only.
-        driver.find_element(By.ID, "logout").click()
+        submit(driver, "logout")
         driver.find_element(By.ID, "key").send_keys(keys["platform-a"])
-        driver.find_element(By.ID, "login").click()
+        submit(driver, "login")
         assert "scope: member:platform-a" in driver.page_source
         mine = driver.find_element(By.ID, "chart-matches-by-member")
         assert {m.get_attribute("data-key"): m.get_attribute("data-value")
