@@ -80,3 +80,18 @@ class NotReady(HashdbError):
 class UnknownLabel(HashdbError):
     code = "unknown_label"
     status = 400
+
+
+class TooManyRequests(HashdbError):
+    """A caller over its rate limit, or a decode that cannot be admitted now; the
+    API adds `Retry-After` from details["retry_after"] (seconds) when present."""
+
+    code = "too_many_requests"
+    status = 429
+
+
+class StoreUnavailable(HashdbError):
+    """The database cannot be reached: writes are refused, nothing acknowledged is lost."""
+
+    code = "store_unavailable"
+    status = 503
