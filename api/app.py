@@ -10,11 +10,14 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartParser
 
+from api.abuse import BodyReadDeadline
 from api.errors import install_error_handlers
-from api.limits import BodySizeLimit
-from api.metrics import HttpMetrics, make_registry
+from api.limits import BodyLimits, RequestLimits
+from api.metrics import AdmissionCollector, HttpMetrics, make_registry
+from api.openapi import install_openapi
 from api.routes import admin, health, matching, media, moderation, reports
 from hashdb import __version__
+from hashdb.ratelimit import Admission
 from hashdb.service import Service
 from hashdb.settings import Settings
 
@@ -61,11 +64,16 @@ def create_app(
     )
     app.state.service = svc
     install_error_handlers(app)
+    install_openapi(app)
     for module in (health, matching, media, moderation, admin, reports):
         app.include_router(module.router)
     registry, requests, latency = make_registry(svc)
     app.state.metrics = registry
     app.add_middleware(HttpMetrics, requests=requests, latency=latency)
-    # Multipart framing adds a little to the media itself.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    # Rate limits and the wrong-key lockout (api/abuse.py admits every caller).
+    app.state.admission = admission = Admission.from_settings(settings)
+    registry.register(AdmissionCollector(admission))
+    app.add_middleware(BodyReadDeadline, seconds=settings.body_read_seconds, admission=admission)
+    # Each route's body cap (media, JSON batches, one match, small bodies).
+    app.add_middleware(RequestLimits, limits=BodyLimits.from_settings(settings))
     return app

@@ -11,9 +11,11 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from api.abuse import admitted_caller
 from hashdb.matching import MatchOptions
 from hashdb.models import Caller
 from hashdb.service import Service
+from hashdb.signals import WIDEST_QUERY_DISTANCE
 
 
 async def get_service(request: Request) -> Service:
@@ -27,14 +29,17 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 async def current_caller(request: Request, service: ServiceDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    return service.members.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+    return admitted_caller(request, service, key.strip() if scheme.lower() == "bearer" else None)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 async def match_options(
-    max_distance: Annotated[int | None, Query(ge=0, le=256)] = None,
+    max_distance: Annotated[int | None, Query(
+        ge=0, le=WIDEST_QUERY_DISTANCE,
+        description="a Hamming budget for binary types: at most 64 for pdq (see README)"
+    )] = None,
     include_disputed: bool = False,
     labels: Annotated[str | None, Query(description="comma-separated; any of them")] = None,
     min_quality: Annotated[int | None, Query(ge=0, le=100)] = None,

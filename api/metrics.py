@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hashdb.ratelimit import Admission
 from hashdb.service import Service
 
 
@@ -37,6 +38,21 @@ class ServiceCollector(Collector):
                                 value=self.service.follower.cursor)
         yield GaugeMetricFamily("hashdb_ready", "1 when the indexes are loaded",
                                 value=1 if self.service.ready else 0)
+
+
+class AdmissionCollector(Collector):
+    """Requests refused by the abuse limits, by reason: rate_limit, key_lockout,
+    slow_body."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("hashdb_abuse_rejections", "Requests refused by the "
+                                     "abuse limits", labels=["reason"])
+        for reason, n in sorted(self.admission.rejection_counts().items()):
+            family.add_metric([reason], n)
+        yield family
 
 
 def make_registry(service: Service) -> tuple[CollectorRegistry, Counter, Histogram]:

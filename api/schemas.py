@@ -3,18 +3,30 @@ so that a bad hash gets the domain's own error code."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hashdb.signals import WIDEST_QUERY_DISTANCE
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a body is JSON, and 0 is not false nor "5" a number; what the OpenAPI
+    # document declares is what is accepted (tests/test_schemathesis.py holds us to it).
+    # NaN and Infinity are not JSON, but 1e999 overflows to infinity: refused.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# Examples in the OpenAPI document: a signal type and a well-formed hash, so that a
+# reader, or a schema-driven client, has a request that succeeds to start from.
+SignalTypeName = Annotated[str, Field(examples=["pdq"])]
+HashText = Annotated[str, Field(examples=[
+    "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"])]
 
 
 class SignalIn(_Body):
-    type: str
-    value: str
+    type: SignalTypeName
+    value: HashText
     quality: int | None = Field(None, ge=0, le=100)
     timestamp: float | None = Field(None, ge=0)
     # A query made by undoing an edit locally (e.g. "rotate90"): reported on matches.
@@ -23,13 +35,13 @@ class SignalIn(_Body):
 
 class MatchRequest(_Body):
     signals: list[SignalIn]
-    max_distance: int | None = Field(None, ge=0, le=256)
+    max_distance: int | None = Field(None, ge=0, le=WIDEST_QUERY_DISTANCE)
 
 
 class BatchQuery(_Body):
-    id: str | int
-    type: str
-    value: str
+    id: str | int = Field(examples=[1])
+    type: SignalTypeName
+    value: HashText
 
 
 class BatchRequest(_Body):
@@ -37,9 +49,9 @@ class BatchRequest(_Body):
 
 
 class HashItemIn(_Body):
-    type: str
-    value: str
-    labels: list[str] | str
+    type: SignalTypeName
+    value: HashText
+    labels: list[str] | str = Field(examples=[["terrorism"]])
     media_key: str | None = None
     timestamp: float | None = Field(None, ge=0)
     quality: int | None = Field(None, ge=0, le=100)
@@ -59,7 +71,7 @@ class MemberIn(_Body):
 
 
 class KeyIn(_Body):
-    roles: list[str]
+    roles: list[str] = Field(examples=[["matcher"]])
 
 
 class WithdrawIn(_Body):
@@ -196,3 +208,18 @@ class EventOut(BaseModel):
 class EventPage(BaseModel):
     events: list[EventOut]
     next: int
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=r"^[a-z_]+$", description="stable, snake_case: what went wrong")
+    message: str = Field(description="for a person: what to change")
+    details: dict[str, Any] = Field(description="machine-readable specifics (e.g. "
+                                    "`retry_after`, `max_bytes`, `errors`)")
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape: every 4xx and 5xx answer of every route."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail

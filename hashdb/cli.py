@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api import create_app
+    from api.abuse import server_options
     from hashdb.service import Service
 
     settings = _settings(args)
@@ -79,9 +80,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("Keys exist already; make another with: hashdb keys create --member NAME "
                   "--roles matcher", flush=True)
 
-    app = create_app(settings, service, on_ready=announce)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    # The app builds its own service and closes it in its lifespan (saving the index
+    # snapshot): uvicorn re-raises SIGTERM/SIGINT once it has shut down, so nothing
+    # after uvicorn.run() runs when the server is stopped by a signal.
     service.close()
+    app = create_app(settings, on_ready=announce)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                **server_options(settings))
     return 0
 
 
@@ -157,6 +162,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from hashdb.migrate import migrate_to_postgres, sqlite_source
+
+    settings = _settings(args)
+    # --data-dir alone names the source even when $HASHDB_DATABASE_URL is set (it may
+    # well name the target).
+    url = args.database_url or (None if args.data_dir else settings.database_url)
+    report = migrate_to_postgres(sqlite_source(url, settings.data_dir), args.to)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from hashdb.check import check_deployment
+
+    report = check_deployment(_settings(args))
+    print(json.dumps(report.as_json()) if args.json else "\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashdb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="jsonl", help="jsonl, csv, local")
     p.add_argument("--output", "-o")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("migrate", help="copy a SQLite deployment into an empty PostgreSQL "
+                       "database, verified")
+    _store_flags(p)
+    p.add_argument("--to", required=True, metavar="URL", help="postgresql://... (empty)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("check", help="the indexes a starting server loads equal the store "
+                       "(exit 1 and what differs when not)")
+    _store_flags(p)
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.set_defaults(func=cmd_check)
     return parser
 
 

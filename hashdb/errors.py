@@ -95,3 +95,10 @@ class StoreUnavailable(HashdbError):
 
     code = "store_unavailable"
     status = 503
+
+
+class RequestTimeout(HashdbError):
+    """A client too slow to send its request (its body within `body_read_seconds`)."""
+
+    code = "request_timeout"
+    status = 408

@@ -1,5 +1,10 @@
 """The Matcher: searches the indexes for query signals, then asks the store what
-the hits are, applies the rules of `hashdb.matching`, and writes the audit log."""
+the hits are, applies the rules of `hashdb.matching`, and writes the audit log.
+
+What the hits are comes from memory when it can (`HitCache`, kept fresh by the
+change log), and the audit log waits in memory while the store is unreachable
+(`PendingEvents`): matching what it has seen keeps answering through an outage
+of the database (see hashdb/match_memory.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from hashdb.background import Background, load_background
 from hashdb.contributions import check_batch
 from hashdb.errors import NotReady
 from hashdb.index.base import Hits
+from hashdb.match_memory import HitCache, PendingEvents
 from hashdb.matching import (
     BatchGate,
     Found,
@@ -87,6 +93,17 @@ class Matcher:
         self.background: Background | None = load_background(settings.sscd_background)
         # ("lookups" | "matches" | "candidates", signal type) -> count, for /metrics.
         self.stats: Counter[tuple[str, str]] = Counter()
+        self.hits = HitCache(settings.hit_cache_entries)
+        self.pending_events = PendingEvents(store.log_events)
+
+    def forget(self, signal_ids: np.ndarray) -> None:
+        """The change log mentioned these signals: what was cached of them is stale."""
+        self.hits.invalidate(signal_ids)
+
+    def flush_events(self) -> None:
+        """Write the audit events held while the store was unreachable, if it is back."""
+        if len(self.pending_events):
+            self.pending_events.flush()
 
     def match(
         self, caller: Caller, signals: Sequence[Signal], options: MatchOptions = MatchOptions()
@@ -164,9 +181,12 @@ class Matcher:
         for m in hits:
             (frame_matches if signals[m.query_index].timestamp is not None
              else whole_file).append(m)
+        # How many seconds each matched video covers comes from the store: while it
+        # is unreachable, a video with frame matches answers 503 (not cached: rare);
+        # one without asks nothing.
+        matched = sorted({m.media_id for m in frame_matches})
         media = aggregate(signals, frame_matches,
-                          self.store.keyframe_seconds(sorted({m.media_id
-                                                              for m in frame_matches})),
+                          self.store.keyframe_seconds(matched) if matched else {},
                           self.settings.video_frame_seconds)
         floor = self.settings.video_match_percent
         passed: list[MediaMatch] = []
@@ -255,7 +275,7 @@ class Matcher:
         ids = np.concatenate([h.hits.ids for h in found]) if found else np.zeros(0, np.int64)
         if not len(ids):
             return [], []
-        known = self.store.signal_hits([int(i) for i in ids])
+        known = self.hits.lookup([int(i) for i in ids], self.store.signal_hits)
         matches: list[Match] = []
         candidates: list[Match] = []
         cap = self.settings.max_matches_per_signal
@@ -298,7 +318,7 @@ class Matcher:
             if m.media_id not in best or m.rank < best[m.media_id].rank:
                 best[m.media_id] = m
         if best:
-            self.store.log_events(
+            self.pending_events.log(
                 [
                     caller.event(kind, m.media_id, m.contributor_id,
                                  signal_type=m.signal_type, variant=m.variant or m.signal_type,

@@ -36,7 +36,7 @@ class MatchOptions:
         if st.review_only:
             return -1, st.candidate_max_distance
         if self.max_distance is not None and st.metric == "hamming":
-            radius = st.check_max_distance(self.max_distance)
+            radius = st.check_query_distance(self.max_distance)
             return radius, radius
         return st.default_max_distance, max(st.default_max_distance,
                                             st.candidate_max_distance)

@@ -9,7 +9,14 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from hashdb.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from hashdb.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
 from hashdb.models import ApiKey, Caller, Member, NewEvent, Role, console_event
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -83,7 +90,14 @@ class Members:
         cached = self._keys.get(digest)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        found = self.store.key_by_secret_hash(digest)
+        try:
+            found = self.store.key_by_secret_hash(digest)
+        except StoreUnavailable:
+            # The database is unreachable: a key checked before keeps working (matching
+            # answers from memory meanwhile); nothing can be revoked until it is back.
+            if cached is not None:
+                return cached[1]
+            raise
         if found is None or found.revoked_at is not None:
             raise Unauthorized("this API key is not valid")
         if not found.member.active:

@@ -153,7 +153,7 @@ class Change:
     """One entry of the append-only change log the indexes follow."""
 
     seq: int
-    op: str  # "add" or "remove"
+    op: str  # "add", "remove", or "update" (status or labels changed; still indexed)
     signal_id: int
     value: HashValue
 

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from hashdb.audit import AuditTrail
+from hashdb.budget import DecodeBudget
 from hashdb.contributions import Contributions
+from hashdb.errors import StoreUnavailable
 from hashdb.index.base import index_for
 from hashdb.index.follower import IndexFactory, IndexFollower
 from hashdb.matcher import Matcher
@@ -42,6 +44,8 @@ class Service:
         self.store = store or open_store(settings.database_url, settings.data_dir)
         self.follower = IndexFollower(self.store, index_factory)
         self._cpu = threading.BoundedSemaphore(settings.cpu_workers)
+        self.decode_budget = DecodeBudget(settings.decode_memory_bytes,
+                                          settings.decode_wait_seconds)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.loaded_from: str | None = None
@@ -55,6 +59,10 @@ class Service:
                                self.taxonomy, self.visibility)
         self.moderation = Moderation(settings, self.store, self.taxonomy, self.visibility,
                                      self._follow)
+        # What matching caches of the hits is forgotten as the change log moves on;
+        # the audit events it held through an outage are written once the store is back.
+        self.follower.on_change.append(self.matcher.forget)
+        self.follower.after_poll.append(self.matcher.flush_events)
         self.audit = AuditTrail(self.store)
 
     # lifecycle -------------------------------------------------------------
@@ -87,14 +95,19 @@ class Service:
 
     def close(self) -> None:
         self._stop.set()
+        self.follower.wake()
         if self._poller is not None:
             self._poller.join(timeout=30)
             self._poller = None
         if self.ready and self.snapshot_dir and self.follower.changes_since_snapshot:
             try:
                 self.follower.save_snapshot(self.snapshot_dir)
-            except OSError:
+            except (OSError, StoreUnavailable):
                 log.exception("could not save the index snapshot")
+        self.matcher.flush_events()
+        if len(self.matcher.pending_events):
+            log.error("%d audit events held during a database outage are lost at shutdown",
+                      len(self.matcher.pending_events))
         self.store.close()
 
     @property
@@ -105,19 +118,24 @@ class Service:
         # After our own write, so that it is matchable on the very next request.
         # A service that was never started (CLI import) keeps no index to update.
         if self.follower.ready:
-            self.follower.sync()
+            try:
+                self.follower.sync()
+            except StoreUnavailable:
+                # The write is committed: acknowledge it. The poller catches up (and
+                # this process matches it) once the store answers again.
+                log.warning("could not follow our own write: the store is unreachable")
 
     # hashing -------------------------------------------------------------------
     def hash_media(
         self, data: bytes, types: str | None = None, *, query: bool = False
     ) -> tuple[str, list[Signal]]:
         """The signals of a file (to store, or with `query` to look up), computed on
-        one of the bounded CPU workers."""
+        one of the bounded CPU workers once the decode budget admits its memory."""
         from hashdb.hashing import hash_media
 
         wanted = SIGNAL_TYPES.parse_names(types)
-        with self._cpu:
-            return hash_media(data, wanted, self.settings.media_limits(), query=query)
+        return hash_media(data, wanted, self.settings.media_limits(), query=query,
+                          budget=self.decode_budget, worker=self._cpu)
 
     # logs ------------------------------------------------------------------------
     def changes(self, caller: Caller, after: int = 0, limit: int = 1000) -> list[Change]:

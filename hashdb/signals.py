@@ -103,6 +103,11 @@ class SignalType:
     media_types: ClassVar[frozenset[str]]
     # Hashes below this quality are neither contributed nor matched by default.
     min_quality: ClassVar[int | None] = None
+    # The widest `max_distance` a caller may ask for (inclusive). A binary type sets
+    # it far below the distance of unrelated hashes: wider, a matcher could page
+    # through the database's values, labels and contributors. Types that take no
+    # caller's `max_distance` (exact, vector) leave it at 0.
+    max_query_distance: ClassVar[float] = 0
     # A type whose hits are never safe to act on alone: they are candidates for
     # review (within `candidate_max_distance`), never matches.
     review_only: ClassVar[bool] = False
@@ -150,6 +155,7 @@ class SignalType:
         raise NotImplementedError
 
     def check_max_distance(self, max_distance: float | None) -> float:
+        """A search radius an index can take: 0 to the type's width."""
         if max_distance is None:
             return self.default_max_distance
         if not 0 <= max_distance <= self.bits:
@@ -159,6 +165,18 @@ class SignalType:
                 max_distance=max_distance,
             )
         return max_distance
+
+    def check_query_distance(self, max_distance: float) -> float:
+        """A caller's `max_distance`, refused past `max_query_distance`."""
+        if not 0 <= max_distance <= self.max_query_distance:
+            raise InvalidSignal(
+                f"max_distance for {self.name} must be between 0 and "
+                f"{self.max_query_distance}",
+                type=self.name,
+                max_distance=max_distance,
+                max_query_distance=self.max_query_distance,
+            )
+        return self.check_max_distance(max_distance)
 
     def compute(self, media: MediaFile) -> list[Signal]:
         """The signals of this type to store for one media file (empty if it does not
@@ -264,6 +282,12 @@ class Pdq(HammingSignalType):
     bits = 256
     default_max_distance = 31
     candidate_max_distance = 31
+    # Unrelated photos' hashes are ~128 bits apart: 1e8 pairs of hashes drawn from
+    # the model fitted to real ones (benchmarks/realistic.py) averaged 127.5 with a
+    # standard deviation of 8.2, none closer than 82. 64 leaves twice the default
+    # for edited copies while staying ~8 deviations clear of unrelated photos, so
+    # a query reaches only near-copies of itself.
+    max_query_distance = 64
     media_types = frozenset({"image", "video"})
     min_quality = 50
     stored_variants = frozenset({TRIMMED, *REGIONS})
@@ -361,6 +385,10 @@ class PHash(HammingSignalType):
     bits = 64
     default_max_distance = 8
     candidate_max_distance = 8
+    # A quarter of the bits, as for PDQ (unrelated pairs: ~32 apart). Not reached
+    # while pHash is review-only (its hits keep `candidate_max_distance` whatever a
+    # caller asks); the cap stands should that change.
+    max_query_distance = 16
     review_only = True
     media_types = frozenset({"image"})
 
@@ -466,7 +494,7 @@ class Registry(Mapping[str, SignalType]):
             return self._types[name]
         except KeyError:
             raise UnknownSignalType(
-                f"unknown signal type {name!r}", type=name, known=sorted(self._types)
+                f"unknown signal type {name[:64]!r}", type=name[:64], known=sorted(self._types)
             ) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -485,6 +513,8 @@ class Registry(Mapping[str, SignalType]):
 
 
 SIGNAL_TYPES = Registry([Pdq(), PHash(), Md5(), Sha256(), Sscd()])
+# The widest `max_distance` of any type: what the API documents and checks first.
+WIDEST_QUERY_DISTANCE = int(max(t.max_query_distance for t in SIGNAL_TYPES.values()))
 
 
 def signal_type(name: str) -> SignalType:

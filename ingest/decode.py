@@ -14,7 +14,9 @@ from the hashes everyone else shares).
 from __future__ import annotations
 
 import io
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +47,9 @@ class ImageHeader:
     mode: str
     width: int
     height: int
+    # DCT coefficients that libjpeg holds (2 bytes each) until the last scan of a
+    # progressive JPEG, whatever size it decodes to; 0 for any other image.
+    coefficients: int = 0
 
     @property
     def pixels(self) -> int:
@@ -54,9 +59,35 @@ class ImageHeader:
 def probe(data: bytes, max_pixels: int) -> ImageHeader:
     """Identify an image from its header; raise if it is not one we accept or is too big."""
     img = _open(data, max_pixels)
-    header = ImageHeader(str(img.format), img.mode, img.width, img.height)
+    header = ImageHeader(str(img.format), img.mode, img.width, img.height,
+                         _progressive_coefficients(img))
     img.close()
     return header
+
+
+def _progressive_coefficients(img: Image.Image) -> int:
+    # Pillow lists a JPEG's components as (id, horizontal, vertical sampling, table).
+    layers = getattr(img, "layer", None)
+    if not img.info.get("progressive") or not layers:
+        return 0
+    h_max = max(1, *(h for _, h, _, _ in layers))
+    v_max = max(1, *(v for _, _, v, _ in layers))
+    # 8x8 blocks of each component at its sampling, plus at most one MCU of padding.
+    return sum(
+        64 * (math.ceil(img.width * h / (8 * h_max)) + h)
+        * (math.ceil(img.height * v / (8 * v_max)) + v)
+        for _, h, v, _ in layers
+    )
+
+
+def dct_scale(header: ImageHeader, min_side: int) -> int:
+    """The largest JPEG DCT scaling (1, 2, 4 or 8) that keeps the shorter side at
+    least `min_side` pixels: libjpeg then decodes at 1/scale of each side, never
+    holding the full-size pixels. 1 for every other format."""
+    if header.format not in ("JPEG", "MPO"):
+        return 1
+    short = min(header.width, header.height)
+    return next((s for s in (8, 4, 2) if short // s >= min_side), 1)
 
 
 def decode_jpeg_luma(data: bytes, header: ImageHeader) -> np.ndarray | None:
@@ -72,9 +103,13 @@ def decode_jpeg_luma(data: bytes, header: ImageHeader) -> np.ndarray | None:
     return luma
 
 
-def decode_pil(data: bytes, header: ImageHeader) -> Image.Image:
-    """The image decoded by Pillow (first frame), normalised to mode "L" or "RGB"."""
+def decode_pil(data: bytes, header: ImageHeader, scale: int = 1) -> Image.Image:
+    """The image decoded by Pillow (first frame), normalised to mode "L" or "RGB";
+    a JPEG at 1/`scale` of each side (`dct_scale`), every other format full size."""
     img = _open(data, header.pixels)
+    if scale > 1:
+        # Same mode, smaller size: libjpeg's DCT scaling, as Pillow exposes it.
+        img.draft(img.mode, (header.width // scale, header.height // scale))
     try:
         img.load()
     except Exception as exc:  # Pillow raises many types for bad data; none may escape
@@ -83,7 +118,12 @@ def decode_pil(data: bytes, header: ImageHeader) -> Image.Image:
             "it may be truncated or corrupt",
             format=header.format,
         ) from None
-    return normalise_mode(img)
+    normalised = normalise_mode(img)
+    if normalised is img:
+        # The same pixels (not a copy) without what the open file holds: Pillow's
+        # WebP reader keeps its RGBA canvas and a copy of the frame until it goes.
+        normalised = img._new(img.im)
+    return normalised
 
 
 def normalise_mode(img: Image.Image) -> Image.Image:
@@ -102,14 +142,16 @@ def normalise_mode(img: Image.Image) -> Image.Image:
     if mode in ("L", "RGB"):
         return img
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_scale_to_uint8(np.asarray(img)))
+        return _scaled_to_l(img)
     if mode in ("LA", "La"):
         return img.getchannel("L")
     if mode == "1":
         return img.convert("L")
     if mode == "P" and "transparency" in img.info:
-        # Going through RGBA avoids Pillow's warning about palette transparency.
-        return img.convert("RGBA").convert("RGB")
+        # The transparent colour is ignored (alpha is dropped): without it Pillow
+        # converts straight to RGB, without an RGBA image between or its warning
+        # about palette transparency. The RGB values are the same.
+        del img.info["transparency"]
     try:
         return img.convert("RGB")
     except ValueError:
@@ -119,17 +161,50 @@ def normalise_mode(img: Image.Image) -> Image.Image:
 
 def pixels_of(img: Image.Image) -> np.ndarray:
     """A normalised ("L" or "RGB") image as a uint8 array."""
-    return np.asarray(img, dtype=np.uint8)
+    w, h = img.size
+    out = np.empty((h, w) if img.mode == "L" else (h, w, 3), np.uint8)
+    # Copied a band at a time: np.asarray(img) would hold two more full-size copies
+    # at once (Pillow's encoded chunks and their join).
+    for top, band in _bands(img, out[0].nbytes):
+        out[top : top + len(band)] = band
+    return out
 
 
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    v = np.nan_to_num(values.astype(np.float32))
-    top = float(v.max())
+# Bytes of pixels converted at a time; full-size intermediates of a 50-megapixel
+# image would cost hundreds of MB (a float32 copy of a 16-bit PNG alone is 200 MB).
+_BAND_BYTES = 2**20
+
+
+def _bands(img: Image.Image, row_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows as an array) of `img`, in bands of about _BAND_BYTES."""
+    w, h = img.size
+    rows = max(1, _BAND_BYTES // max(1, row_bytes))
+    for top in range(0, h, rows):
+        yield top, np.asarray(img.crop((0, top, w, min(h, top + rows))))
+
+
+def _scaled_to_l(img: Image.Image) -> Image.Image:
+    """An integer or float image as "L", by `_scale_to_uint8`, a band at a time. The
+    scale depends on the largest value, so the bands are read twice."""
+    w, h = img.size
+    row_bytes = 4 * w  # the float32 copy of one row
+    top = max(float(np.nan_to_num(band.astype(np.float32), copy=False).max())
+              for _, band in _bands(img, row_bytes))
+    out = np.empty((h, w), np.uint8)
+    for first, band in _bands(img, row_bytes):
+        out[first : first + len(band)] = _scale_to_uint8(band, top)
+    return Image.fromarray(out)
+
+
+def _scale_to_uint8(values: np.ndarray, top: float) -> np.ndarray:
+    """`values` (a band of the image) to 0..255; `top` is the largest in the image.
+    Float32 arithmetic, in place: one float copy of the band at a time."""
+    v = np.nan_to_num(values.astype(np.float32), copy=False)
     if values.dtype == np.uint16 or (values.dtype.kind == "i" and top > 255.0):
-        v = v * (255.0 / 65535.0)
+        v *= 255.0 / 65535.0
     elif values.dtype.kind == "f" and top <= 1.0:
-        v = v * 255.0
-    return np.clip(v, 0, 255).astype(np.uint8)
+        v *= 255.0
+    return np.clip(v, 0, 255, out=v).astype(np.uint8)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

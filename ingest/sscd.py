@@ -52,7 +52,11 @@ def model_input(img: Image.Image) -> np.ndarray:
     if max(size) > 8 * SHORT_SIDE:
         cap = 8 * SHORT_SIDE / max(size)
         size = (max(1, round(size[0] * cap)), max(1, round(size[1] * cap)))
-    resized = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    # Grey and RGB are resized first, converted after: the same pixels (each band is
+    # resampled alike) without a full-size RGB copy of a large image.
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    resized = img.resize(size, Image.Resampling.BILINEAR).convert("RGB")
     return np.asarray(resized, np.uint8)[None]
 
 

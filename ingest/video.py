@@ -53,7 +53,7 @@ import math
 import struct
 import time
 from collections.abc import Generator, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -127,10 +127,31 @@ class VideoHeader:
     # Degrees counter-clockwise a player turns the stored frames (FFmpeg's
     # display matrix convention: 0, 90, 180 or 270). Frames are not turned.
     rotation: int
+    # The decoder's pixel format (yuv420p, yuv420p10le...), if the header says.
+    pix_fmt: str | None = None
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+
+# Frames a decoder may hold at once: H.264 and HEVC keep up to 16 reference frames
+# (VP9 and AV1 8), one more per decoding thread, the frame being sampled and the one
+# held before it (`_shown_at`).
+_FRAMES_HELD = 16 + _THREADS + 2
+
+
+def decode_cost(header: VideoHeader) -> int:
+    """The most memory decoding and hashing this video may hold at once, from its
+    header: the decoder's frames at the stream's size and pixel format (1.5 bytes a
+    pixel for 8-bit 4:2:0, 3 if unknown), and the luma of a sampled frame with what
+    hashing it copies (twice the luma, at most)."""
+    bits = 24
+    if header.pix_fmt:
+        with suppress(ValueError):
+            bits = av.VideoFormat(header.pix_fmt).padded_bits_per_pixel or bits
+    # Frames in a pixel format smaller than 8 bits a pixel are decoded wider still.
+    return header.pixels * (max(bits, 8) * _FRAMES_HELD // 8 + 3)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -323,6 +344,7 @@ def _header(
     header = VideoHeader(
         kind, codec, width, height, duration, frame_rate, frame_count,
         _rotation(context.coded_side_data.get("display_matrix")),
+        context.pix_fmt,
     )
     return stream, header
 

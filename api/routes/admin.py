@@ -6,7 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api.bodies import json_body, json_request_doc
 from api.deps import CallerDep, ServiceDep
+from api.openapi import errors
+from api.params import Cursor, MediaIdFilter
 from api.schemas import (
     EventPage,
     KeyCreated,
@@ -26,25 +29,30 @@ router = APIRouter(prefix="/v1", tags=["members"])
 _KINDS = Query(description="comma-separated event kinds, e.g. feedback,media_disputed")
 
 
-@router.post("/members", status_code=201, response_model=MemberOut)
-def create_member(body: MemberIn, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+@router.post("/members", status_code=201, response_model=MemberOut,
+             responses=errors(400, 409, 413), openapi_extra=json_request_doc(MemberIn))
+def create_member(
+    caller: CallerDep, service: ServiceDep, body: Annotated[MemberIn, json_body(MemberIn)]
+) -> dict[str, Any]:
     return member_json(service.members.create_member(caller, body.name, body.trusted_flagger))
 
 
-@router.get("/members", response_model=MemberList)
+@router.get("/members", response_model=MemberList, responses=errors())
 def list_members(caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     return {"members": [member_json(m) for m in service.members.list_members(caller)]}
 
 
-@router.get("/members/{name}", response_model=MemberDetail)
+@router.get("/members/{name}", response_model=MemberDetail, responses=errors(400, 404))
 def get_member(name: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     member, keys = service.members.get_member(caller, name)
     return {**member_json(member), "keys": [key_json(k) for k in keys]}
 
 
-@router.patch("/members/{name}", response_model=MemberOut)
+@router.patch("/members/{name}", response_model=MemberOut,
+              responses=errors(400, 404, 409, 413), openapi_extra=json_request_doc(MemberUpdate))
 def update_member(
-    name: str, body: MemberUpdate, caller: CallerDep, service: ServiceDep
+    name: str, caller: CallerDep, service: ServiceDep,
+    body: Annotated[MemberUpdate, json_body(MemberUpdate)],
 ) -> dict[str, Any]:
     """Grant or withdraw trusted-flagger status; deactivate (`active: false`) or
     reactivate a member. A deactivated member's keys stop at once."""
@@ -53,31 +61,34 @@ def update_member(
         reason=body.reason))
 
 
-@router.get("/members/{name}/keys", response_model=KeyList)
+@router.get("/members/{name}/keys", response_model=KeyList, responses=errors(400, 404))
 def list_keys(name: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     _, keys = service.members.get_member(caller, name)
     return {"keys": [key_json(k) for k in keys]}
 
 
-@router.post("/members/{name}/keys", status_code=201, response_model=KeyCreated)
-def create_key(name: str, body: KeyIn, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+@router.post("/members/{name}/keys", status_code=201, response_model=KeyCreated,
+             responses=errors(400, 404, 413), openapi_extra=json_request_doc(KeyIn))
+def create_key(
+    name: str, caller: CallerDep, service: ServiceDep, body: Annotated[KeyIn, json_body(KeyIn)]
+) -> dict[str, Any]:
     record, key = service.members.create_key(caller, name, body.roles)
     return {**key_json(record), "key": key}
 
 
-@router.delete("/keys/{key_id}", response_model=KeyOut)
+@router.delete("/keys/{key_id}", response_model=KeyOut, responses=errors(400, 404))
 def revoke_key(key_id: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     return key_json(service.members.revoke_key(caller, key_id))
 
 
-@router.get("/events", response_model=EventPage)
+@router.get("/events", response_model=EventPage, responses=errors(400))
 def events(
     caller: CallerDep,
     service: ServiceDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Cursor = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     kind: Annotated[str | None, _KINDS] = None,
-    media_id: Annotated[int | None, Query(ge=1)] = None,
+    media_id: MediaIdFilter = None,
 ) -> dict[str, Any]:
     """Your own events: what you did (contributions, matches, feedback), what happened
     to your media and keys, and decisions on media you gave feedback on. Admins and
@@ -87,14 +98,14 @@ def events(
             "next": found[-1].id if found else after}
 
 
-@router.get("/audit", response_model=EventPage)
+@router.get("/audit", response_model=EventPage, responses=errors(400))
 def audit(
     caller: CallerDep,
     service: ServiceDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Cursor = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     kind: Annotated[str | None, _KINDS] = None,
-    media_id: Annotated[int | None, Query(ge=1)] = None,
+    media_id: MediaIdFilter = None,
     member: Annotated[str | None, Query(description="the acting member's name")] = None,
     start: Annotated[str | None, Query(alias="from", description="date or ISO time")] = None,
     end: Annotated[str | None, Query(alias="to", description="date or ISO time")] = None,
@@ -107,11 +118,11 @@ def audit(
     return {"events": [e.as_json() for e in found], "next": found[-1].id if found else after}
 
 
-@router.get("/changes")
+@router.get("/changes", responses=errors(400))
 def changes(
     caller: CallerDep,
     service: ServiceDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Cursor = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
     """The change log after a cursor: what became matchable or stopped being so."""

@@ -2,41 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
+from api.bodies import json_body, json_request_doc, read_media_form
 from api.deps import CallerDep, ServiceDep
+from api.openapi import errors
+from api.params import MediaId
+from api.responses import json_response
 from api.schemas import HashesRequest, MediaOut, WithdrawIn
-from api.upload import read_upload
+from hashdb.errors import InvalidRequest
 from hashdb.importing import HashItem
 
 router = APIRouter(prefix="/v1", tags=["media"])
 
 
-@router.post("/media", status_code=201)
-def contribute_media(
-    caller: CallerDep,
-    service: ServiceDep,
-    file: UploadFile = File(...),
-    labels: str = Form(..., description="comma-separated"),
-    note: str | None = Form(None),
-    source: str | None = Form(None),
-) -> dict[str, Any]:
-    contributed, signals, skipped = service.contributions.contribute_media(
-        caller, read_upload(file), labels.split(","), note, source
-    )
-    return {
+_MEDIA_FORM = {"type": "object", "required": ["file", "labels"], "properties": {
+    "file": {"type": "string", "format": "binary"},
+    "labels": {"type": "string", "description": "comma-separated", "examples": ["terrorism"]},
+    "note": {"type": "string"},
+    "source": {"type": "string"}}}
+
+
+# Bodies are read by hand, after the key check (see api/bodies.py).
+@router.post("/media", status_code=201, responses=errors(400, 413, 415), openapi_extra={
+    "requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": _MEDIA_FORM}}}})
+async def contribute_media(request: Request, caller: CallerDep, service: ServiceDep) -> Response:
+    data, fields = await read_media_form(request, ("labels", "note", "source"))
+    if "labels" not in fields:
+        raise InvalidRequest("labels: field required (comma-separated)",
+                             location=["body", "labels"])
+    contributed, signals, skipped = await run_in_threadpool(
+        service.contributions.contribute_media, caller, data, fields["labels"].split(","),
+        fields.get("note"), fields.get("source"))
+    return json_response({
         "media_id": contributed.media_id,
         "created": contributed.created,
         "signals": [s.as_json() for s in signals],
         "skipped": [s.as_json() for s in skipped],
-    }
+    }, status_code=201)
 
 
-@router.post("/hashes")
+@router.post("/hashes", responses=errors(400, 413), openapi_extra=json_request_doc(HashesRequest))
 def contribute_hashes(
-    body: HashesRequest, caller: CallerDep, service: ServiceDep
+    caller: CallerDep, service: ServiceDep,
+    body: Annotated[HashesRequest, json_body(HashesRequest)],
 ) -> dict[str, Any]:
     items = [
         HashItem(i.type, i.value, i.labels.split(",") if isinstance(i.labels, str) else i.labels,
@@ -46,17 +60,21 @@ def contribute_hashes(
     return {"items": [o.as_json() for o in service.contributions.contribute_hashes(caller, items)]}
 
 
-@router.get("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True)
-def get_media(media_id: int, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+@router.get("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True,
+            responses=errors(400, 404))
+def get_media(media_id: MediaId, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     """A media you may see: your own, one you matched or gave feedback on, and for
     reviewers one pending or disputed (admins and auditors: any). Others are 404."""
     record = service.contributions.get_media(caller, media_id)
     return service.visibility.media(caller, record)
 
 
-@router.delete("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True)
+@router.delete("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True,
+               responses=errors(400, 404, 409, 413),
+               openapi_extra=json_request_doc(WithdrawIn, required=False))
 def withdraw_media(
-    media_id: int, caller: CallerDep, service: ServiceDep, body: WithdrawIn | None = None
+    media_id: MediaId, caller: CallerDep, service: ServiceDep,
+    body: Annotated[WithdrawIn | None, json_body(WithdrawIn, required=False)],
 ) -> dict[str, Any]:
     """Withdraw a media (its contributor or an admin): out of matching at once, kept
     in the audit trail."""

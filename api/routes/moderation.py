@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from api.bodies import json_body, json_request_doc
 from api.deps import CallerDep, ServiceDep
+from api.openapi import errors
+from api.params import Cursor, MediaId
 from api.schemas import (
     FeedbackIn,
     FeedbackList,
@@ -21,19 +24,20 @@ from api.schemas import (
 router = APIRouter(prefix="/v1", tags=["moderation"])
 
 
-@router.get("/labels", response_model=LabelList)
+@router.get("/labels", response_model=LabelList, responses=errors())
 def labels(caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     """The taxonomy: the labels a contribution, a match filter or a correction may
     use. A filter on a label also takes its sub-labels."""
     return {"labels": [label.as_json() for label in service.taxonomy.labels]}
 
 
-@router.get("/review", response_model=ReviewQueue, response_model_exclude_unset=True)
+@router.get("/review", response_model=ReviewQueue, response_model_exclude_unset=True,
+            responses=errors(400))
 def review_queue(
     caller: CallerDep,
     service: ServiceDep,
     status: Literal["pending", "disputed"] = "pending",
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Cursor = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     """Media waiting for a decision, oldest first (trusted flaggers and admins).
@@ -46,9 +50,11 @@ def review_queue(
 
 
 @router.post("/media/{media_id}/feedback", response_model=FeedbackResult,
-             response_model_exclude_unset=True)
+             response_model_exclude_unset=True, responses=errors(400, 404, 409, 413),
+             openapi_extra=json_request_doc(FeedbackIn))
 def give_feedback(
-    media_id: int, body: FeedbackIn, caller: CallerDep, service: ServiceDep
+    media_id: MediaId, caller: CallerDep, service: ServiceDep,
+    body: Annotated[FeedbackIn, json_body(FeedbackIn)],
 ) -> dict[str, Any]:
     """Agree or disagree with a media's labels, with a reason (the counter-notice),
     optionally proposing labels. When disagreements from `dispute_threshold`
@@ -61,8 +67,9 @@ def give_feedback(
             "tally": {"agree": outcome.tally.agree, "disagree": outcome.tally.disagree}}
 
 
-@router.get("/media/{media_id}/feedback", response_model=FeedbackList)
-def list_feedback(media_id: int, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
+@router.get("/media/{media_id}/feedback", response_model=FeedbackList,
+            responses=errors(400, 404))
+def list_feedback(media_id: MediaId, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     """Feedback on a media: all of it for its contributor and the operators; your own
     otherwise."""
     found = service.moderation.feedback(caller, media_id)
@@ -70,9 +77,11 @@ def list_feedback(media_id: int, caller: CallerDep, service: ServiceDep) -> dict
 
 
 @router.post("/media/{media_id}/resolution", response_model=MediaOut,
-             response_model_exclude_unset=True)
+             response_model_exclude_unset=True, responses=errors(400, 404, 409, 413),
+             openapi_extra=json_request_doc(ResolutionIn))
 def resolve(
-    media_id: int, body: ResolutionIn, caller: CallerDep, service: ServiceDep
+    media_id: MediaId, caller: CallerDep, service: ServiceDep,
+    body: Annotated[ResolutionIn, json_body(ResolutionIn)],
 ) -> dict[str, Any]:
     """An admin's decision on a disputed, pending, disabled or active media:
     `reinstate` (matched again, optionally with corrected labels) or `disable` (out

@@ -17,7 +17,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from api.abuse import admitted_caller
 from api.deps import ServiceDep
+from api.openapi import errors
 from api.report_page import CSP, render_login, render_report
 from api.responses import json_response
 from hashdb.errors import HashdbError, Unauthorized
@@ -41,7 +43,7 @@ def _key(request: Request) -> str | None:
 
 async def report_caller(request: Request, service: ServiceDep) -> Caller:
     """The caller of a report route: the Authorization header, or the page's cookie."""
-    return service.members.authenticate(_key(request))
+    return admitted_caller(request, service, _key(request))
 
 
 ReportCaller = Annotated[Caller, Depends(report_caller)]
@@ -50,7 +52,8 @@ ReportCaller = Annotated[Caller, Depends(report_caller)]
 @router.get(
     "/v1/reports/transparency",
     responses={200: {"content": {"application/json": {}, "text/csv": {}},
-                     "description": "the report as JSON, or as CSV (section,key,value)"}},
+                     "description": "the report as JSON, or as CSV (section,key,value)"},
+               **errors(400)},
 )
 def transparency(
     caller: ReportCaller,
@@ -89,7 +92,7 @@ def reports_page(
     bucket: Annotated[str | None, _BUCKET] = None,
 ) -> Response:
     try:
-        caller = service.members.authenticate(_key(request))
+        caller = admitted_caller(request, service, _key(request))
     except Unauthorized:
         return _html(render_login(), 401)
     try:
@@ -112,7 +115,7 @@ async def login(request: Request, service: ServiceDep) -> Response:
     async with request.form(max_files=0, max_fields=4) as form:
         key = form.get("key")
     try:
-        service.members.authenticate(key.strip() if isinstance(key, str) else None)
+        admitted_caller(request, service, key.strip() if isinstance(key, str) else None)
     except Unauthorized as e:
         return _html(render_login(e.message), 401)
     response = RedirectResponse("/reports", status_code=303)

@@ -1,11 +1,19 @@
 """Keeps the in-memory indexes in step with the store's change log.
 
 The same code serves one process (it syncs right after its own writes) and many
-replicas (each polls the change log after its cursor): there is no full rebuild
-on the write path, only the changes since the cursor. A snapshot on disk (the
-indexes plus the cursor they reflect) makes a restart fast; the change log
-since the snapshot brings it up to date. A snapshot of another database, or
-one ahead of the database's log, is ignored and the indexes are rebuilt.
+replicas (each follows the change log after its cursor: at once when PostgreSQL
+announces a change, and by polling in any case): there is no full rebuild on the
+write path, only the changes since the cursor. 'update' changes (a status or
+labels changed, the signal stays indexed) leave the indexes alone; like every
+change, they are passed on to whoever caches what the signals are (matching).
+While the store is unreachable the follower keeps the indexes it has, retries
+with backoff, says so in `store_error` (and /readyz), and catches up when the
+store returns.
+
+A snapshot on disk (the indexes plus the cursor they reflect) makes a restart
+fast; the change log since the snapshot brings it up to date. A snapshot of
+another database, or one ahead of the database's log, is ignored and the
+indexes are rebuilt.
 """
 
 from __future__ import annotations
@@ -18,9 +26,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from hashdb.errors import StoreUnavailable
 from hashdb.index.base import Hits, Index, index_for
 from hashdb.signals import SIGNAL_TYPES, SignalType
 from hashdb.store import Store
@@ -29,6 +39,17 @@ log = logging.getLogger(__name__)
 
 IndexFactory = Callable[[SignalType], Index]
 SNAPSHOT_FORMAT = 1
+# While the store is unreachable, polls back off from the poll interval up to this.
+MAX_BACKOFF_SECONDS = 5.0
+
+
+@runtime_checkable
+class ChangeNotifier(Protocol):
+    """A store that can announce changes to its log as they commit (PostgreSQL)."""
+
+    def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Call `wake` once listening, then on each change, until `stop`; blocks."""
+        ...
 
 
 class IndexFollower:
@@ -40,6 +61,16 @@ class IndexFollower:
         self.ready = False
         self.changes_since_snapshot = 0
         self._sync_lock = threading.Lock()
+        # Called with the signal ids of every change applied (all ops), after the
+        # indexes: caches of what those signals are forget them.
+        self.on_change: list[Callable[[np.ndarray], None]] = []
+        # Called after every successful poll (work that waits for the store).
+        self.after_poll: list[Callable[[], None]] = []
+        # Why the store could not be followed at the last poll (None: it could), and
+        # since when (time.time()).
+        self.store_error: str | None = None
+        self.store_error_since: float | None = None
+        self._wake = threading.Event()
 
     def _new_indexes(self) -> dict[str, Index]:
         """One empty index per signal type."""
@@ -84,7 +115,9 @@ class IndexFollower:
             run = rows[start:i]
             name = run[0][3]
             ids = np.fromiter((r[2] for r in run), dtype=np.int64, count=len(run))
-            if run[0][1] == "add":
+            if run[0][1] == "update":
+                pass  # still indexed: only what is cached about them changed
+            elif run[0][1] == "add":
                 raw = b"".join(r[4] for r in run)
                 hashes = np.frombuffer(raw, np.uint8).reshape(len(run), -1)
                 if pending is not None:
@@ -95,6 +128,8 @@ class IndexFollower:
                 if pending is not None and name in pending:
                     self._flush(name, pending)
                 self.indexes[name].remove(ids)
+            for listener in self.on_change:
+                listener(ids)
             start = i
 
     def _flush(self, name: str, pending: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> None:
@@ -184,6 +219,11 @@ class IndexFollower:
         self.cursor = int(meta["cursor"])
         return True
 
+    def wake(self) -> None:
+        """Sync now rather than at the next poll (a change was announced, or the
+        follower should look at its `stop` event)."""
+        self._wake.set()
+
     def run_polling(
         self,
         interval: float,
@@ -191,12 +231,47 @@ class IndexFollower:
         snapshot_dir: Path | None = None,
         snapshot_every: int = 100_000,
     ) -> None:
-        """Follow changes made by other processes until `stop` is set, and refresh the
-        snapshot when enough has changed since the last one."""
-        while not stop.wait(interval):
+        """Follow changes made by other processes until `stop` is set (then call
+        `wake`): at once when the store announces them, and every `interval` seconds
+        in any case, since an announcement sent while the listener was reconnecting
+        is lost. Refresh the snapshot when enough has changed since the last one."""
+        if isinstance(self.store, ChangeNotifier):
+            threading.Thread(target=self.store.listen, args=(self.wake, stop),
+                             name="hashdb-change-listener", daemon=True).start()
+        delay = interval
+        while not stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if stop.is_set():
+                break
             try:
                 self.sync()
-                if snapshot_dir is not None and self.changes_since_snapshot >= snapshot_every:
-                    self.save_snapshot(snapshot_dir)
+            except StoreUnavailable as e:
+                self._store_failed(e.message)
+                delay = min(delay * 2, max(interval, MAX_BACKOFF_SECONDS))
+                continue
             except Exception:  # a failed poll must not kill the follower; retry next tick
                 log.exception("index follower failed; retrying")
+                continue
+            delay = interval
+            if self.store_error is not None:
+                log.warning("index follower reached the store again; caught up to change %d",
+                            self.cursor)
+                self.store_error = self.store_error_since = None
+            for hook in self.after_poll:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("after-poll work failed; retrying next poll")
+            if snapshot_dir is not None and self.changes_since_snapshot >= snapshot_every:
+                try:
+                    self.save_snapshot(snapshot_dir)
+                except Exception:
+                    log.exception("could not save the index snapshot; retrying later")
+
+    def _store_failed(self, why: str) -> None:
+        if self.store_error is None:
+            log.warning("index follower cannot reach the store (%s); matching goes on "
+                        "with the indexes as they are, retrying with backoff", why)
+            self.store_error_since = time.time()
+        self.store_error = why

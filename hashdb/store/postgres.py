@@ -23,21 +23,23 @@ Two things differ because PostgreSQL runs writers concurrently:
 
 The locks are keyed by the current schema, so that stores in different schemas
 of one database (tests, several tenants) do not wait on each other.
+
+What happens when the server cannot be reached (503 store_unavailable, failing
+fast, a fresh pool after an outage) and how writers announce changes to other
+replicas (NOTIFY) is in postgres_pool.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashdb.errors import Conflict
 from hashdb.models import (
@@ -51,9 +53,8 @@ from hashdb.models import (
     SignalHit,
     console_event,
 )
+from hashdb.store.postgres_pool import Conn, Connections
 from hashdb.store.sql import SqlStore, contribution_events, import_event, migrations
-
-Conn = psycopg.Connection[tuple[Any, ...]]
 
 # Advisory lock keys (first half of the two-int key; the second is the schema's hash).
 _CHANGE_LOCK = 0x68646201
@@ -74,40 +75,36 @@ def _iso(t: datetime) -> str:
 
 class PostgresStore(SqlStore):
     def __init__(self, url: str, max_connections: int = 10, connect_timeout: float = 30) -> None:
-        """`url` is a libpq URL; `?options=-csearch_path%3Dname` puts the store in a schema."""
+        """`url` is a libpq URL; `?options=-csearch_path%3Dname` puts the store in a schema.
+        ConnectionError if the server cannot be reached within `connect_timeout`."""
         self.url = url
-        self._pool: ConnectionPool[Conn] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_connections,
-            kwargs={"autocommit": True},
-            open=False,
-            name="hashdb-store",
-        )
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except PoolTimeout as e:
-            self._pool.close()
-            host = conninfo_to_dict(url).get("host", "?")
-            raise ConnectionError(f"cannot connect to PostgreSQL at {host}: {e}") from e
+        self._connections = Connections(url, max_connections, connect_timeout)
 
     # connections ---------------------------------------------------------
     @contextmanager
     def _read(self) -> Iterator[Conn]:
-        with self._pool.connection() as conn:
+        with self._connections.connection() as conn:
             yield conn
 
     @contextmanager
     def _write(self, change_lock: bool = False) -> Iterator[Conn]:
         """One transaction, committed on leaving; with `change_lock`, serialized
-        with every other writer of the change log (see the module docstring)."""
-        with self._pool.connection() as conn, conn.transaction():
+        with every other writer of the change log (see the module docstring), whose
+        followers are notified at commit."""
+        with self._connections.connection() as conn, conn.transaction():
             if change_lock:
                 conn.execute(_LOCK_SQL, (_CHANGE_LOCK,))
             yield conn
+            if change_lock:
+                self._connections.notify(conn)
+
+    def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Wake a follower whenever another process commits to the change log (see
+        `Connections.listen`)."""
+        self._connections.listen(wake, stop)
 
     def close(self) -> None:
-        self._pool.close()
+        self._connections.close()
 
     # the SqlStore hooks ----------------------------------------------------
     def _sql(self, statement: str) -> str:
@@ -293,6 +290,7 @@ class PostgresStore(SqlStore):
                         copy.write_row(r)
             db.execute("ANALYZE incoming")
             db.execute(_LOCK_SQL, (_CHANGE_LOCK,))
+            self._connections.notify(db)  # delivered at commit, with the changes
             # A member's first import has nothing to be idempotent against: skip the
             # per-row existence probe.
             has_any = check_existing and db.execute(

@@ -41,10 +41,10 @@ class ModerationQueries(SqlBase):
         settle_feedback: bool = False,
     ) -> MediaRecord:
         """Moves a media to `status` (and `labels`, when given), appending to the change
-        log what enters or leaves the indexes and `event` to the trail, in one
-        transaction. With `expect`, a media in another status is refused (Conflict):
-        two racing decisions cannot both apply. `settle_feedback`: the feedback given
-        so far is settled (a resolution), so only later feedback counts."""
+        log what enters or leaves the indexes (or changes in them) and `event` to the
+        trail, in one transaction. With `expect`, a media in another status is refused
+        (Conflict): two racing decisions cannot both apply. `settle_feedback`: the
+        feedback given so far is settled (a resolution), so only later feedback counts."""
         with self._write(change_lock=True) as db:
             row = db.execute(self._sql("SELECT status, labels FROM media WHERE id = ?"),
                              (media_id,)).fetchone()
@@ -68,12 +68,17 @@ class ModerationQueries(SqlBase):
                         self._sql("UPDATE media SET feedback_floor = (SELECT coalesce(max(id), 0)"
                                   " FROM feedback) WHERE id = ?"), (media_id,))
                 was, now_indexed = old in INDEXED_STATUSES, status in INDEXED_STATUSES
-                if was != now_indexed:
+                # In or out of the indexes; or, staying in with another status or other
+                # labels, an 'update': replicas must forget what they cached of it.
+                op = ("add" if now_indexed else "remove") if was != now_indexed else (
+                    "update" if now_indexed and (old != status or new_labels != old_labels)
+                    else None)
+                if op is not None:
                     db.execute(
                         self._sql("INSERT INTO change (op, signal_id, type, value) "
                                   "SELECT ?, id, type, value FROM signal WHERE media_id = ? "
                                   "ORDER BY id"),
-                        ("add" if now_indexed else "remove", media_id),
+                        (op, media_id),
                     )
                 details: dict[str, Any] = {"from": old.value, "to": status.value,
                                            "labels": list(new_labels), **event.details}
