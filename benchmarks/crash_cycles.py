@@ -35,10 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchmarks._common import print_header, print_table  # noqa: E402
 from crash_processes import DatabaseCrash, Deployment  # noqa: E402
 from crash_support import CrashRun, CycleResult  # noqa: E402
-
-from benchmarks._common import print_header, print_table  # noqa: E402
 
 COLUMNS = ["cycle", "killed", "moment", "acked items", "new", "withdrawn", "in doubt",
            "restart s", "server loaded", "check loaded", "check", "integrity", "lost",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+
 from crash_processes import CheckResult, DatabaseCrash, Deployment, ServerProcess
 
 LABELS = ["terrorism"]

@@ -97,11 +97,19 @@ class PrivatePostgres:
         """SIGKILL the server and every backend: what a crash or the OOM killer does.
         The next `start` recovers from the WAL."""
         deadline = time.monotonic() + 30
+        killed: set[int] = set()
         while processes := self.processes():
             for pid in processes:
                 _signal(pid, signal.SIGKILL)
+            killed.update(processes)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL survived SIGKILL: {processes}")
+            time.sleep(0.05)
+        # Dead, but maybe not yet reaped (init here reaps orphans every few seconds):
+        # a new postmaster takes a zombie's pid in the lock file for a live server.
+        reaped = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in killed) \
+                and time.monotonic() < reaped:
             time.sleep(0.05)
 
     def processes(self) -> list[int]:

@@ -21,7 +21,7 @@ import uvicorn
 
 from api import create_app
 from api.abuse import MAX_HEADER_BYTES, server_options
-from conftest import RunningServer, free_port
+from conftest import RunningServer, free_port, start_server
 from hashdb.errors import TooManyRequests
 from hashdb.models import Caller, Member, Role
 from hashdb.ratelimit import KeyBudgets, RoleLimit, WrongKeys, client_address, client_group
@@ -415,3 +415,19 @@ def test_failures_count_within_the_window_only() -> None:
     wrong.check("192.0.2.2")
     clock.now += 60
     wrong.check("192.0.2.1")
+
+
+def test_a_batch_is_charged_one_unit_per_query(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A 50-query batch from a key allowed 10/s with bursts of 20 is served, then the
+    key waits for the debt (the next request is refused with the wait)."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("batch-charge"),
+                        index_poll_seconds=0.2,
+                        rate_limits={"matcher": {"per_second": 10, "burst": 20}})
+    for server in start_server(settings):
+        client = server.client(server.new_key("batcher", "matcher"))
+        queries = [{"id": i, "type": "pdq", "value": f"{i:064x}"} for i in range(50)]
+        assert client.post("/v1/match/batch", json={"queries": queries}).status_code == 200
+        refused = client.post("/v1/match", json={"signals": [{"type": "pdq",
+                                                              "value": "0" * 64}]})
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["retry-after"]) >= 2

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+
 from crash_processes import Deployment
 from crash_support import CrashRun, CycleResult
 from pg_private import private_postgres
-
 from postgres_schemas import postgres_schema
 
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hostile_support import JSON, JSON_ROUTES, alive, assert_refused
 
 from conftest import RunningServer
+from hostile_support import JSON, JSON_ROUTES, alive, assert_refused
 
 
 def _junk(seed: int) -> list[bytes]:

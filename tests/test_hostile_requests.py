@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from conftest import RunningServer, start_server
+from hashdb.settings import Settings
 from hostile_support import (
     JSON,
     JSON_ROUTES,
@@ -25,9 +28,6 @@ from hostile_support import (
     flipped,
     raw_exchange,
 )
-
-from conftest import RunningServer, start_server
-from hashdb.settings import Settings
 
 BATCH_CAP, MATCH_CAP, SMALL_CAP = 200_000, 20_000, 64 * 1024
 

@@ -26,7 +26,6 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from pg_private import PrivatePostgres, private_postgres
 
 from api import create_app
 from conftest import RunningServer, free_port, start_server
@@ -36,6 +35,7 @@ from hashdb.models import EventQuery, MediaStatus, NewEvent, SignalHit
 from hashdb.service import Service
 from hashdb.settings import Settings
 from hashdb.signals import HashValue
+from pg_private import PrivatePostgres, private_postgres
 from postgres_schemas import postgres_schema
 
 LABELS = ["terrorism"]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from api.abuse import charge
 from api.batch import read_batch
 from api.bodies import off_loop, read_media_form, validate
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
@@ -93,7 +94,9 @@ async def match_batch(
     raw = await request.body()
 
     def run() -> Response:
-        results = service.matcher.match_batch(caller, read_batch(raw), options)
+        queries = read_batch(raw)
+        charge(request, caller, len(queries) - 1)  # a batch costs one unit per query
+        results = service.matcher.match_batch(caller, queries, options)
         out = []
         for qid, matches, candidates in results:
             item: dict[str, Any] = {"id": qid, "matches": [m.as_json() for m in matches]}

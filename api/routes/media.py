@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from api.abuse import charge
 from api.bodies import json_body, json_request_doc, read_media_form
 from api.deps import CallerDep, ServiceDep
 from api.openapi import errors
@@ -49,9 +50,10 @@ async def contribute_media(request: Request, caller: CallerDep, service: Service
 
 @router.post("/hashes", responses=errors(400, 413), openapi_extra=json_request_doc(HashesRequest))
 def contribute_hashes(
-    caller: CallerDep, service: ServiceDep,
+    request: Request, caller: CallerDep, service: ServiceDep,
     body: Annotated[HashesRequest, json_body(HashesRequest)],
 ) -> dict[str, Any]:
+    charge(request, caller, len(body.items) - 1)  # a batch costs one unit per item
     items = [
         HashItem(i.type, i.value, i.labels.split(",") if isinstance(i.labels, str) else i.labels,
                  i.media_key, i.timestamp, i.quality, i.note, i.source, i.variant)
