@@ -65,14 +65,21 @@ class RunningServer:
         return key
 
 
-def start_server(settings: Settings) -> Iterator[RunningServer]:
+def start_server(
+    settings: Settings, admin_key: str | None = None, production: bool = False
+) -> Iterator[RunningServer]:
+    """A real server on a loopback port. On a store that has keys already (a restart,
+    keys made by the CLI), no admin key is made: `admin_key` is then the one to use.
+    `production`: the uvicorn options `hashdb serve` uses (header deadlines)."""
+    from api.abuse import server_options
+
     service = Service(settings)
     service.store.migrate()
-    admin_key = service.members.ensure_admin_key()
-    assert admin_key is not None
+    admin_key = service.members.ensure_admin_key() or admin_key or ""
     app = create_app(settings, service)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            **(server_options(settings) if production else {}))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,8 +5,6 @@ through the admin routes, and short calls for contributing and matching."""
 from __future__ import annotations
 
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,11 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from api import create_app
-from conftest import RunningServer, free_port, start_server
-from hashdb.service import Service
+from conftest import RunningServer, start_server
 from hashdb.settings import Settings
 from postgres_schemas import postgres_schema
 
@@ -40,30 +35,9 @@ def backend_server(backend: str, tmp: pytest.TempPathFactory) -> Iterator[Runnin
 
 @contextmanager
 def serve(settings: Settings, admin_key: str | None = None) -> Iterator[RunningServer]:
-    """Like conftest.start_server, for a store that may already have keys (a restart,
-    or keys made by the CLI): `admin_key` is then the one to use, if any."""
-    service = Service(settings)
-    service.store.migrate()
-    made = service.members.ensure_admin_key()
-    app = create_app(settings, service)
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and service.ready):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    running = RunningServer(f"http://127.0.0.1:{config.port}", service,
-                            made or admin_key or "", settings.data_dir)
-    try:
-        yield running
-    finally:
-        running.close_clients()
-        server.should_exit = True
-        thread.join(timeout=10)
-        service.close()
+    """conftest.start_server as a context manager, for a store that may already have
+    keys (a restart, or keys made by the CLI): `admin_key` is then the one to use."""
+    yield from start_server(settings, admin_key)
 
 
 def pdq() -> str:

@@ -10,22 +10,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
 
 import httpx
 import pytest
-import uvicorn
 
-from api import create_app
-from api.abuse import MAX_HEADER_BYTES, server_options
-from conftest import RunningServer, free_port, start_server
+from api.abuse import MAX_HEADER_BYTES
+from conftest import RunningServer, start_server
 from hashdb.errors import TooManyRequests
 from hashdb.models import Caller, Member, Role
 from hashdb.ratelimit import KeyBudgets, RoleLimit, WrongKeys, client_address, client_group
-from hashdb.service import Service
 from hashdb.settings import Settings
 
 MATCHER = RoleLimit(per_second=2, burst=3)
@@ -48,33 +44,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         key_lockout_failures=LOCKOUT_FAILURES, key_lockout_seconds=LOCKOUT_SECONDS,
         trusted_proxies=["127.0.0.1"],
         header_read_seconds=HEADER_SECONDS, body_read_seconds=BODY_SECONDS)
-    yield from _serve(settings)
-
-
-def _serve(settings: Settings) -> Iterator[RunningServer]:
-    service = Service(settings)
-    service.store.migrate()
-    admin_key = service.members.ensure_admin_key()
-    assert admin_key is not None
-    port = free_port()
-    config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port,
-                            log_level="warning", **server_options(settings))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and service.ready):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    running = RunningServer(f"http://127.0.0.1:{port}", service, admin_key, settings.data_dir)
-    try:
-        yield running
-    finally:
-        running.close_clients()
-        server.should_exit = True
-        thread.join(timeout=10)
-        service.close()
+    yield from start_server(settings, production=True)
 
 
 def _error(response: httpx.Response, status: int, code: str) -> dict:
