@@ -137,6 +137,12 @@ def run_one(args: argparse.Namespace, n: int, dist_name: str, make, rng) -> dict
     hits, secs = timed(index.search, queries, RADIUS)
     row["batch_qps_cpu"] = nq / (time.process_time() - cpu)
     row["batch_qps"] = nq / secs
+    # The same queries in calls of 1,000 (a platform's small batches).
+    cpu = time.process_time()
+    for lo in range(0, nq, 1_000):
+        index.search(queries[lo : lo + 1_000], RADIUS)
+    row["batch1k_qps_cpu"] = nq / (time.process_time() - cpu)
+    row["1k/10k"] = row["batch1k_qps_cpu"] / row["batch_qps_cpu"]
     row["p50_ms"], row["p99_ms"] = latency(
         lambda q, index=index: index.search(q, RADIUS), queries[: args.single]
     )
@@ -241,6 +247,64 @@ def threatexchange_baseline(ids: np.ndarray, hashes: np.ndarray, queries: np.nda
     return out
 
 
+def cpu_best(fn, reps: int = 3) -> float:  # type: ignore[no-untyped-def]
+    """The least CPU time of `reps` calls of `fn`."""
+    out = []
+    for _ in range(reps):
+        t = time.process_time()
+        fn()
+        out.append(time.process_time() - t)
+    return min(out)
+
+
+def crossover_one(rng: np.random.Generator, n: int, nq: int) -> dict:
+    """One small index: multi-index hashing against a scan, both timed on the same
+    queries (batched, and one at a time), and what the cost model chose."""
+    from hashdb.index import mih_kernels as kernels
+    from hashdb.index.mih import _Base
+    from hashdb.index.mih_layout import brute_force_cost, choose_layout, flip_masks
+
+    hashes = real_hashes(rng, n)
+    words = hashes.view("<u8").reshape(n, 4)
+    queries = np.concatenate([flip(rng, hashes[rng.integers(0, n, nq // 2)],
+                                   rng.integers(0, RADIUS + 1, nq // 2)),
+                              real_hashes(rng, nq - nq // 2)]).view("<u8").reshape(nq, 4)
+    chosen = choose_layout(n, 256, RADIUS)
+    layout = choose_layout(n, 256, RADIUS, scan=False)
+    base = _Base.build(layout, words, np.arange(n, dtype=np.int64))
+    masks = flip_masks(layout.width, layout.radius(RADIUS))
+    radii = np.array(layout.radii(RADIUS), np.int64)
+    args = (words, base.dead, base.offsets, base.rows, base.lut, layout.width, masks, radii,
+            RADIUS)
+    expect = int(2 * layout.probes(RADIUS) * base.candidates_per_probe * nq)
+    few = queries[:200]
+    mih_batch = cpu_best(lambda: kernels.probe_batched(queries, *args, expect))
+    scan_batch = cpu_best(lambda: kernels.brute_force(queries, words, base.dead, RADIUS))
+    mih_single = cpu_best(lambda: [kernels.probe_each(q[None], *args) for q in few])
+    scan_single = cpu_best(lambda: [kernels.brute_force(q[None], words, base.dead, RADIUS)
+                                    for q in few])
+    picks_scan = not chosen.substrings or chosen.cost(n, RADIUS) >= brute_force_cost(n)
+    return {
+        "size": n, "chosen": "scan" if picks_scan else f"{chosen.substrings}x{chosen.width}",
+        "mih_batch_qps": nq / mih_batch, "scan_batch_qps": nq / scan_batch,
+        "mih_single_qps": len(few) / mih_single, "scan_single_qps": len(few) / scan_single,
+        "batch_right": (mih_batch < scan_batch) != picks_scan,
+        "single_right": (mih_single < scan_single) != picks_scan,
+    }
+
+
+def crossover(rng: np.random.Generator, sizes: list[int], nq: int = 1_000) -> list[dict]:
+    rows = []
+    for n in sizes:
+        rows.append(crossover_one(rng, n, nq))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+CROSSOVER_COLUMNS = ["size", "chosen", "mih_batch_qps", "scan_batch_qps", "mih_single_qps",
+                     "scan_single_qps", "batch_right", "single_right"]
+
+
 COLUMNS = [
     "size",
     "dist",
@@ -250,6 +314,8 @@ COLUMNS = [
     "rss_B/hash",
     "batch_qps",
     "batch_qps_cpu",
+    "batch1k_qps_cpu",
+    "1k/10k",
     "p50_ms",
     "p99_ms",
     "planted_recall",
@@ -297,6 +363,8 @@ def main() -> None:
     )
     parser.add_argument("--skip-threatexchange", action="store_true")
     parser.add_argument("--skip-flat", action="store_true")
+    parser.add_argument("--crossover", default="1000,5000,10000,20000,50000,100000",
+                        help="small sizes where MIH is timed against a scan ('' to skip)")
     args = parser.parse_args()
 
     info = print_header(
@@ -310,7 +378,10 @@ def main() -> None:
     MultiIndexHammingIndex(PDQ).warm_up()  # JIT outside every measurement
     makers = {"uniform": uniform_hashes, "real": real_hashes, "artificial": ArtificialSkew(rng)}
     rows = []
+    small: list[dict] = []
     with threadpool_limits(1):
+        if args.crossover:
+            small = crossover(rng, [int(s) for s in args.crossover.split(",")])
         for n in (int(s) for s in args.sizes.split(",")):
             for name in args.distributions.split(","):
                 row = run_one(args, n, name, makers[name], rng)
@@ -320,9 +391,14 @@ def main() -> None:
     print_table(rows, COLUMNS)
     print()
     print_table(rows, BASELINE_COLUMNS)
+    if small:
+        print("\nsmall indexes, per CPU second: does the cost model pick the faster of MIH "
+              "and a scan?")
+        print_table(small, CROSSOVER_COLUMNS)
     if args.json:
         args.json.write_text(
-            json.dumps({**info, "args": vars(args), "rows": rows}, indent=1, default=str)
+            json.dumps({**info, "args": vars(args), "rows": rows, "crossover": small}, indent=1,
+                       default=str)
         )
 
 

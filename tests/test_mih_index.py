@@ -247,3 +247,43 @@ def test_old_snapshot_is_rejected(rng: np.random.Generator, tmp_path: Path) -> N
         np.savez(f, **arrays)
     with pytest.raises(ValueError):
         MultiIndexHammingIndex(PDQ).load(tmp_path / "old.index")
+
+
+def test_appended_merges_are_exact_and_cheap(rng: np.random.Generator) -> None:
+    """Additions above every stored id are appended to the base's tables (same
+    layout and bit order, nothing re-sorted) until the size doubles; each such
+    base answers exactly like brute force, removals and re-adds included."""
+    hashes = skewed_hashes(rng, 160_000)  # skewed: the bit order is not the identity
+    ids = np.arange(160_000, dtype=np.int64) * 3 + 7
+    index = built(ids[:100_000], hashes[:100_000], merge_threshold=5_000)
+    first = index._base
+    assert not np.array_equal(first.bit_order, np.arange(256))
+    live = dict(zip(ids[:100_000].tolist(), hashes[:100_000], strict=True))
+    appended = 0
+    for lo in range(100_000, 160_000, 6_000):
+        index.add(ids[lo : lo + 6_000], hashes[lo : lo + 6_000])
+        live.update(zip(ids[lo : lo + 6_000].tolist(), hashes[lo : lo + 6_000], strict=True))
+        gone = ids[lo - 50_000 : lo : 997]
+        index.remove(gone)
+        for i in gone.tolist():
+            live.pop(i, None)
+        index.wait_for_merge()
+        base = index._base
+        if base.built_n == first.built_n and len(base.ids) > first.built_n:
+            appended += 1
+            assert base.bit_order is first.bit_order and base.layout == first.layout
+    assert appended >= 5
+    queries = np.concatenate([flip(rng, hashes[::1_000], rng.integers(0, 40, size=160)),
+                              uniform_hashes(rng, 40)])
+    live_ids = np.array(list(live), dtype=np.int64)
+    live_hashes = np.stack(list(live.values()))
+    assert len(index) == len(live)
+    assert_exact(index, live_ids, live_hashes, queries, 31)
+    # A re-added id (not above the others) forces a full build, still exact.
+    again = ids[100_003]
+    index.add(np.array([again]), hashes[:1])
+    live[int(again)] = hashes[0]
+    index.compact()
+    assert index._base.built_n == len(index._base.ids)
+    assert_exact(index, np.array(list(live), dtype=np.int64), np.stack(list(live.values())),
+                 queries, 31)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -56,10 +57,11 @@ def brute_force_cost(n: int) -> float:
     return n * _BRUTE_COST_PER_ROW
 
 
-def choose_layout(n: int, bits: int, max_distance: int) -> Layout:
+def choose_layout(n: int, bits: int, max_distance: int, scan: bool = True) -> Layout:
     """The cheapest exact layout for `n` hashes at `max_distance`, within the
-    memory cap on offsets; brute force if nothing beats a scan."""
-    best, best_cost = BRUTE_FORCE, brute_force_cost(n)
+    memory cap on offsets; brute force if nothing beats a scan (unless `scan` is
+    False: then the best tables whatever they cost)."""
+    best, best_cost = BRUTE_FORCE, brute_force_cost(n) if scan else math.inf
     for width in range(4, min(bits, 30) + 1):
         layout = Layout(bits // width, width)
         offset_bytes = layout.substrings * 4 * (2**width + 1)
@@ -71,14 +73,40 @@ def choose_layout(n: int, bits: int, max_distance: int) -> Layout:
     return best
 
 
+@lru_cache(maxsize=64)
 def flip_masks(width: int, radius: int) -> np.ndarray:
-    """Every `width`-bit mask with at most `radius` bits set."""
+    """Every `width`-bit mask with at most `radius` bits set (read-only, cached:
+    making the 277 masks of a 10M index took half of a single lookup's time)."""
     masks = [
         sum(1 << b for b in bits)
         for k in range(min(radius, width) + 1)
         for bits in combinations(range(width), k)
     ]
-    return np.array(masks, dtype=np.uint64)
+    out = np.array(masks, dtype=np.uint64)
+    out.flags.writeable = False
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPlan:
+    """What a search at one radius needs from a layout, computed once."""
+
+    masks: np.ndarray  # flip masks, sorted by popcount
+    radii: np.ndarray  # (substrings,) int64 probe radius of each table
+    probes: int  # keys probed per query
+    scan: bool  # a scan of `n` rows is expected to be cheaper
+
+
+@lru_cache(maxsize=256)
+def search_plan(layout: Layout, n: int, max_distance: int) -> SearchPlan:
+    if not layout.substrings:
+        empty = np.zeros(0, np.uint64)
+        return SearchPlan(empty, np.zeros(0, np.int64), 0, True)
+    radii = np.array(layout.radii(max_distance), np.int64)
+    radii.flags.writeable = False
+    return SearchPlan(flip_masks(layout.width, layout.radius(max_distance)), radii,
+                      layout.probes(max_distance),
+                      layout.cost(n, max_distance) >= brute_force_cost(n))
 
 
 def choose_bit_order(hashes: np.ndarray, layout: Layout, sample: int = 20_000) -> np.ndarray:
