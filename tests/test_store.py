@@ -325,3 +325,42 @@ def test_events_are_filtered_per_member(store: Store) -> None:
     assert [e.kind for e in bob_sees] == ["member_created", "match"]
     assert bob_sees[1].details == {"distance": 3} and bob_sees[1].owner == "alice"
     assert store.events(EventQuery(bob_sees[-1].id, 100)) == []
+
+
+def test_a_big_batch_writes_what_items_one_at_a_time_write(tmp_path: Path) -> None:
+    """On SQLite a batch of items that are each their own media is written
+    set-based: its answers, media, change log and events equal those of the same
+    items contributed one call at a time (the row-by-row path)."""
+    batch = [NewSignal(Signal(pdq(i % 40), i % 3 or None), (f"l{i % 2}",),
+                       note=f"n{i}" if i % 5 == 0 else None) for i in range(60)]
+    batch.append(NewSignal(Signal(HashValue("md5", b"\x02" * 16)), ("c",)))
+    batch.append(NewSignal(Signal(pdq(1000), None, 2.5), ("v",), media_type="video"))
+
+    def run(store: Store, one_at_a_time: bool) -> tuple[Any, ...]:
+        alice, bob = store.create_member("alice", False), store.create_member("bob", False)
+        store.contribute(alice, [NewSignal(Signal(pdq(3)), ("old",))])
+        store.contribute(bob, [NewSignal(Signal(pdq(4)), ("bob",))])  # not alice's
+        [gone] = store.contribute(alice, [NewSignal(Signal(pdq(5)), ("gone",))])
+        store.set_status(gone.media_id, MediaStatus.DELETED, NewEvent("media_withdrawn", alice.id))
+        answers = ([store.contribute(alice, [i])[0] for i in batch] if one_at_a_time
+                   else store.contribute(alice, batch))
+        media = [(r.id, r.labels, r.note, r.status, r.media_type,
+                  [(g.value, g.quality, g.timestamp) for g in r.signals])
+                 for r in (store.get_media(a.media_id) for a in answers) if r is not None]
+        changes = [(c.op, c.value) for c in store.changes(0, 1000)]
+        events = store.events(EventQuery(limit=1000, kinds=frozenset({"media_contributed"})))
+        return ([(a.media_id, a.created) for a in answers], media, changes,
+                [(e.media_id, e.details) for e in events])
+
+    stores = [SqliteStore(tmp_path / "one.sqlite3"), SqliteStore(tmp_path / "batch.sqlite3")]
+    try:
+        for s in stores:
+            s.migrate()
+        want, got = run(stores[0], True), run(stores[1], False)
+    finally:
+        for s in stores:
+            s.close()
+    # 40 distinct values, of which alice had one already (3); bob's (4) and a
+    # withdrawn one (5) are new media for her; plus the md5 and the video frame.
+    assert sum(created for _, created in got[0]) == 41
+    assert got == want

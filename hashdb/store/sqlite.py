@@ -35,6 +35,10 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Batches of at least this many items that are each their own media are written
+# set-based (`SqliteStore._contribute_own_media`).
+_SET_BASED_FROM = 16
+
 class SqliteStore(SqlStore):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -133,6 +137,8 @@ class SqliteStore(SqlStore):
         self, member: Member, items: Sequence[NewSignal], event: NewEvent | None = None,
         status: MediaStatus = MediaStatus.ACTIVE,
     ) -> list[Contributed]:
+        if len(items) >= _SET_BASED_FROM and all(i.media_key is None for i in items):
+            return self._contribute_own_media(member, items, event, status)
         at = now()
         results: list[Contributed] = []
         with self._write() as db:
@@ -201,6 +207,65 @@ class SqliteStore(SqlStore):
                 results.append(Contributed(media_id, True))
             _insert_events(db, contribution_events(event, member, new_media, status), at)
         return results
+
+    def _contribute_own_media(
+        self, member: Member, items: Sequence[NewSignal], event: NewEvent | None,
+        status: MediaStatus,
+    ) -> list[Contributed]:
+        """`contribute` of items that are each their own media (no media_key): the
+        same rows, events and answers, written set-based (one probe of the member's
+        values, one executemany a table) instead of four statements an item, which
+        made a 10,000-item batch hold the GIL for most of a second."""
+        at = now()
+        first: dict[tuple[str, bytes], int] = {}  # each value's first item
+        for i, item in enumerate(items):
+            first.setdefault((item.signal.value.type, item.signal.value.raw), i)
+        with self._write() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS asked (type TEXT, value BLOB)")
+            db.execute("DELETE FROM asked")
+            db.executemany("INSERT INTO asked VALUES (?, ?)", list(first))
+            media_of: dict[tuple[str, bytes], int] = {
+                (kind, bytes(value)): int(media_id)
+                for kind, value, media_id in db.execute(
+                    "SELECT a.type, a.value, (SELECT s.media_id FROM signal s JOIN media m "
+                    "ON m.id = s.media_id WHERE s.member_id = ? AND s.type = a.type "
+                    "AND s.value = a.value AND m.status != 'deleted' LIMIT 1) FROM asked a",
+                    (member.id,))
+                if media_id is not None
+            }
+            db.execute("DELETE FROM asked")
+            fresh = sorted(i for key, i in first.items() if key not in media_of)
+            # Ids are assigned here, under the write lock, so the three inserts agree.
+            mbase = int(db.execute("SELECT coalesce(max(id), 0) FROM media").fetchone()[0])
+            sbase = int(db.execute("SELECT coalesce(max(id), 0) FROM signal").fetchone()[0])
+            indexed = status in INDEXED_STATUSES
+            new_media: dict[int, NewSignal] = {}
+            media_rows, signal_rows, change_rows = [], [], []
+            for k, i in enumerate(fresh, start=1):
+                item = items[i]
+                value, signal = item.signal.value, item.signal
+                media_of[(value.type, value.raw)] = new_media_id = mbase + k
+                new_media[new_media_id] = item
+                media_rows.append((new_media_id, member.id, item.media_type,
+                                   json.dumps(item.labels), item.note, item.source,
+                                   status.value, at, at))
+                signal_rows.append((sbase + k, new_media_id, member.id, value.type, value.raw,
+                                    signal.quality, signal.timestamp, signal.variant))
+                if indexed:
+                    change_rows.append((sbase + k, value.type, value.raw))
+            db.executemany(
+                "INSERT INTO media (id, member_id, media_key, media_type, labels, note, source, "
+                "status, created_at, updated_at) VALUES (?,?,NULL,?,?,?,?,?,?,?)", media_rows)
+            db.executemany(
+                "INSERT INTO signal (id, media_id, member_id, type, value, quality, timestamp, "
+                "variant) VALUES (?,?,?,?,?,?,?,?)", signal_rows)
+            db.executemany(
+                "INSERT INTO change (op, signal_id, type, value) VALUES ('add', ?, ?, ?)",
+                change_rows)
+            _insert_events(db, contribution_events(event, member, new_media, status), at)
+        created = set(fresh)
+        return [Contributed(media_of[(item.signal.value.type, item.signal.value.raw)],
+                            i in created) for i, item in enumerate(items)]
 
     def import_signals(
         self, member: Member, groups: Sequence[ImportGroup], event: NewEvent | None = None,
