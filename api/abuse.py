@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api.observability import note_caller
 from hashdb.errors import RequestTimeout
 from hashdb.models import Caller
 from hashdb.ratelimit import Admission
@@ -33,7 +34,9 @@ def admitted_caller(request: Request, service: Service, key: str | None) -> Call
     admission: Admission = request.app.state.admission
     peer = request.client.host if request.client else None
     forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
-    return admission.authenticate(service.members, key, admission.client(peer, forwarded))
+    caller = admission.authenticate(service.members, key, admission.client(peer, forwarded))
+    note_caller(request.scope, caller)  # for the request's log line
+    return caller
 
 
 def charge(request: Request, caller: Caller, cost: int) -> None:

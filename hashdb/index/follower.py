@@ -70,6 +70,13 @@ class IndexFollower:
         # since when (time.time()).
         self.store_error: str | None = None
         self.store_error_since: float | None = None
+        # For /metrics (time.time()): when the indexes last held every change the
+        # store had (the start of the read that reached the end of the log), when a
+        # sync last succeeded, the end of the log as last seen, polls that failed.
+        self.caught_up_at: float | None = None
+        self.synced_at: float | None = None
+        self.head = 0
+        self.poll_errors: dict[str, int] = {"unavailable": 0, "other": 0}
         self._wake = threading.Event()
 
     def _new_indexes(self) -> dict[str, Index]:
@@ -87,18 +94,23 @@ class IndexFollower:
         pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = {} if bulk else None
         with self._sync_lock:
             while True:
+                reading = time.time()
                 rows = self.store.change_rows(self.cursor, batch)
-                if not rows:
-                    break
-                self._apply(rows, pending)
-                self.cursor = int(rows[-1][0])
-                applied += len(rows)
+                if rows:
+                    self._apply(rows, pending)
+                    self.cursor = int(rows[-1][0])
+                    applied += len(rows)
                 if len(rows) < batch:
                     break
+                if self.head <= self.cursor:  # a backlog: how long (one cheap query)
+                    self.head = self.store.last_change()
             if pending:
                 for name in list(pending):
                     self._flush(name, pending)
             self.changes_since_snapshot += applied
+            self.head = self.cursor
+            self.caught_up_at = reading
+            self.synced_at = time.time()
         return applied
 
     def _apply(
@@ -247,10 +259,12 @@ class IndexFollower:
             try:
                 self.sync()
             except StoreUnavailable as e:
+                self.poll_errors["unavailable"] += 1
                 self._store_failed(e.message)
                 delay = min(delay * 2, max(interval, MAX_BACKOFF_SECONDS))
                 continue
             except Exception:  # a failed poll must not kill the follower; retry next tick
+                self.poll_errors["other"] += 1
                 log.exception("index follower failed; retrying")
                 continue
             delay = interval

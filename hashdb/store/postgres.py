@@ -53,7 +53,7 @@ from hashdb.models import (
     SignalHit,
     console_event,
 )
-from hashdb.store.postgres_pool import Conn, Connections
+from hashdb.store.postgres_pool import Conn, Connections, StoreErrors
 from hashdb.store.sql import SqlStore, contribution_events, import_event, migrations
 
 # Advisory lock keys (first half of the two-int key; the second is the schema's hash).
@@ -105,6 +105,11 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._connections.close()
+
+    @property
+    def errors(self) -> StoreErrors:
+        """Calls that could not reach the server, or failed there, by kind (/metrics)."""
+        return self._connections.errors
 
     # the SqlStore hooks ----------------------------------------------------
     def _sql(self, statement: str) -> str:

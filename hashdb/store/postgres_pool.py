@@ -72,6 +72,37 @@ def connection_lost(error: BaseException) -> bool:
     return False
 
 
+def error_kind(error: BaseException) -> str:
+    """How /metrics counts a failed call: `timeout` (no pooled connection in time, a
+    connection attempt or a statement that timed out), `unavailable` (the server, or
+    the way to it, is gone), or `other` (a deadlock, a serialization failure...)."""
+    if isinstance(error, (PoolTimeout, psycopg.errors.ConnectionTimeout,
+                          psycopg.errors.QueryCanceled)):
+        return "timeout"
+    if isinstance(error, ConnectionError) or connection_lost(error):
+        return "unavailable"
+    return "other"
+
+
+class StoreErrors:
+    """Calls that failed, by `error_kind`; a call refused at once while the server
+    is known to be down counts as `unavailable`. Counted on the error path only."""
+
+    KINDS = ("unavailable", "timeout", "other")
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(self.KINDS, 0)
+        self._lock = threading.Lock()
+
+    def count(self, kind: str) -> None:
+        with self._lock:
+            self._counts[kind] += 1
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 def notify_channel(schema: str) -> str:
     """The NOTIFY channel of a schema's change log: stores in different schemas of
     one database (tests, tenants) do not wake each other's followers. A channel is
@@ -99,6 +130,7 @@ class Connections:
         self._retry_at = 0.0
         self._probing = False
         self._closed = False
+        self.errors = StoreErrors()
         self._pool = self._new_pool(open_timeout)
         self._retired = False  # the pool is being closed (the server is down)
         with self._pool.connection() as conn:
@@ -137,6 +169,7 @@ class Connections:
             with self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            self.errors.count(error_kind(e))
             if connection_lost(e):
                 self._lost(e)
             raise _unavailable("the database is unreachable or failed this request") from e
@@ -149,6 +182,7 @@ class Connections:
             if self._down_since is None:
                 return False
             if self._probing or time.monotonic() < self._retry_at:
+                self.errors.count("unavailable")
                 raise _unavailable("the database is unreachable")
             self._probing = True
             return True
@@ -161,6 +195,7 @@ class Connections:
                 conn.execute("SELECT 1")
             fresh = self._new_pool(POOL_TIMEOUT)
         except (psycopg.Error, ConnectionError) as e:
+            self.errors.count(error_kind(e))
             self._lost(e, probe=True)
             raise _unavailable("the database is unreachable") from e
         except BaseException as e:  # interrupted: let the next call probe
