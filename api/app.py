@@ -14,8 +14,9 @@ from api.abuse import BodyReadDeadline
 from api.errors import install_error_handlers
 from api.limits import BodyLimits, RequestLimits
 from api.metrics import AdmissionCollector, HttpMetrics, make_registry
+from api.observability import LoggedApp
 from api.openapi import install_openapi
-from api.routes import admin, health, matching, media, moderation, reports
+from api.routes import admin, health, hma, matching, media, moderation, reports
 from hashdb import __version__
 from hashdb.ratelimit import Admission
 from hashdb.service import Service
@@ -56,7 +57,8 @@ def create_app(
         if owned:
             await run_in_threadpool(svc.close)
 
-    app = FastAPI(
+    # The request log and X-Request-ID wrap everything (api/observability.py).
+    app = LoggedApp(
         title="hashdb",
         version=__version__,
         summary="Shared perceptual-hash database and matching service for known illegal media.",
@@ -65,7 +67,7 @@ def create_app(
     app.state.service = svc
     install_error_handlers(app)
     install_openapi(app)
-    for module in (health, matching, media, moderation, admin, reports):
+    for module in (health, matching, media, moderation, admin, reports, hma):
         app.include_router(module.router)
     registry, requests, latency = make_registry(svc)
     app.state.metrics = registry

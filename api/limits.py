@@ -19,7 +19,7 @@ SMALL_BODY_BYTES = 64 * 1024
 # Multipart framing (boundaries, part headers, the text fields) around the media.
 MULTIPART_FRAMING = 64 * 1024
 
-_UPLOADS = frozenset({"/v1/hash", "/v1/media"})
+_UPLOADS = frozenset({"/v1/hash", "/v1/media", "/h/hash", "/m/lookup"})  # /h, /m: HMA's
 _BATCHES = frozenset({"/v1/hashes", "/v1/match/batch"})
 
 

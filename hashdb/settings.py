@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # How members see other members' contributions: by "name", or by a stable
     # "anonymous" id. Admins and auditors always see names.
     contributor_names: Literal["name", "anonymous"] = "name"
+    # What a bank is on the HMA-compatible routes (/m/lookup; hashdb/hma.py): each
+    # "labels" of a media, or the "members" who contributed it.
+    hma_banks: Literal["labels", "members"] = "labels"
 
     # Abuse limits (hashdb/ratelimit.py, per process). A key's budget by its most
     # generous role, as JSON: {"matcher": {"per_second": 20000, "burst": 200000}};
@@ -104,10 +107,20 @@ class Settings(BaseSettings):
     header_read_seconds: float = Field(10.0, gt=0)
     body_read_seconds: float = Field(30.0, gt=0)
 
+    # `hashdb serve`'s log on stderr: "json" (one object a line: a line per request,
+    # api/observability.py) or "text"; and its level (debug, info, warning, error).
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
     @field_validator("rate_limits", mode="after")
     @classmethod
     def _keep_default_limits(cls, given: dict[Role, RoleLimit]) -> dict[Role, RoleLimit]:
         return {**DEFAULT_RATE_LIMITS, **given}
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, given: object) -> object:
+        return given.strip().lower() if isinstance(given, str) else given
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
