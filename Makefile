@@ -10,7 +10,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA   ?= ./hashdb-data
 
-.PHONY: run test lint bench-hash bench-scale bench-robustness clean
+.PHONY: run test lint bench-hash bench-scale bench-robustness clean openapi
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "hashdb needs Python >= 3.12: install it, or run make PYTHON=/path/to/python3.12"; exit 1; }
@@ -47,6 +47,10 @@ bench-scale: $(STAMP)
 bench-robustness: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/robustness.py
+
+# The committed OpenAPI document (tests/test_openapi_snapshot.py compares the served one).
+openapi: $(STAMP)
+	$(BIN)/python -m api.openapi_json docs/openapi.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

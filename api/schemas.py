@@ -1,5 +1,8 @@
-"""Request bodies. Values stay strings here: the domain parses and validates them,
-so that a bad hash gets the domain's own error code."""
+"""Request bodies, and the one error shape (the answers are api/answers.py).
+
+Values stay strings here: the domain parses and validates them, so that a bad hash
+gets the domain's own error code.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hashdb.signals import WIDEST_QUERY_DISTANCE
+
+# A well-formed hash of each kind, for the examples: the PDQ of Meta's bridge photo.
+PDQ_EXAMPLE = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+PDQ_NEAR = "f8f8f0cee0f4a84f06370a2a038f63f0b36e26d596621e1d33e6b39c4e9c9b22"
+MD5_EXAMPLE = "d41d8cd98f00b204e9800998ecf8427e"
 
 
 class _Body(BaseModel):
@@ -20,8 +28,7 @@ class _Body(BaseModel):
 # Examples in the OpenAPI document: a signal type and a well-formed hash, so that a
 # reader, or a schema-driven client, has a request that succeeds to start from.
 SignalTypeName = Annotated[str, Field(examples=["pdq"])]
-HashText = Annotated[str, Field(examples=[
-    "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"])]
+HashText = Annotated[str, Field(examples=[PDQ_EXAMPLE])]
 
 
 class SignalIn(_Body):
@@ -34,8 +41,18 @@ class SignalIn(_Body):
 
 
 class MatchRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"signals": [{"type": "pdq", "value": PDQ_EXAMPLE, "quality": 100}]},
+        {"signals": [{"type": "pdq", "value": PDQ_EXAMPLE}, {"type": "md5", "value": MD5_EXAMPLE}],
+         "max_distance": 40}]})
     signals: list[SignalIn]
     max_distance: int | None = Field(None, ge=0, le=WIDEST_QUERY_DISTANCE)
+    # Set by a client that hashed a media itself (hashdb.client): the signals are
+    # that media's query signals, matched as its upload would be.
+    media_type: Literal["image", "video"] | None = Field(None, description=(
+        "the signals are those of one media, hashed by hashdb's code (hashdb.client, "
+        "`hashdb match`): matched as an upload of it is (closest match per media; for "
+        "a video, `media_matches`)"))
 
 
 class BatchQuery(_Body):
@@ -45,6 +62,9 @@ class BatchQuery(_Body):
 
 
 class BatchRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"queries": [
+        {"id": "upload-1", "type": "pdq", "value": PDQ_EXAMPLE},
+        {"id": 2, "type": "md5", "value": MD5_EXAMPLE}]}]})
     queries: list[BatchQuery]
 
 
@@ -62,23 +82,41 @@ class HashItemIn(_Body):
 
 
 class HashesRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {"type": "pdq", "value": PDQ_EXAMPLE, "labels": ["terrorism"], "quality": 100,
+         "source": "case-2291"},
+        # Two frames of one video: one media, found by either frame.
+        {"type": "pdq", "value": PDQ_EXAMPLE, "labels": "terrorism", "media_key": "video-7",
+         "timestamp": 0.0},
+        {"type": "pdq", "value": PDQ_NEAR, "labels": "terrorism", "media_key": "video-7",
+         "timestamp": 1.0}]}]})
     items: list[HashItemIn]
 
 
 class MemberIn(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "example-platform", "trusted_flagger": False}]})
     name: str
     trusted_flagger: bool = False
 
 
 class KeyIn(_Body):
-    roles: list[str] = Field(examples=[["matcher"]])
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"roles": ["matcher", "contributor"]}]})
+    roles: list[str] = Field(examples=[["matcher"]], description="any of admin, "
+                             "contributor, matcher, auditor")
 
 
 class WithdrawIn(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"reason": "contributed by mistake"}]})
     reason: str | None = None
 
 
 class MemberUpdate(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"trusted_flagger": True, "reason": "accredited as a trusted flagger"},
+        {"active": False, "reason": "left the consortium"}]})
     trusted_flagger: bool | None = None
     active: bool | None = Field(None, description="false deactivates the member: its keys "
                                 "stop at once; true reactivates it")
@@ -86,6 +124,10 @@ class MemberUpdate(_Body):
 
 
 class FeedbackIn(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"verdict": "agree"},
+        {"verdict": "disagree", "reason": "a news report about the attack, not propaganda",
+         "labels": ["other-illegal"]}]})
     verdict: Literal["agree", "disagree"]
     reason: str | None = Field(None, max_length=2000,
                                description="why (required to disagree)")
@@ -93,123 +135,15 @@ class FeedbackIn(_Body):
 
 
 class ResolutionIn(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"action": "disable", "reason": "the disputes are right: a news report"},
+        {"action": "reinstate", "reason": "checked: propaganda", "labels": ["terrorism"]}]})
     action: Literal["reinstate", "disable"]
     reason: str = Field(..., min_length=1, max_length=2000)
     labels: list[str] | None = Field(None, description="corrected labels (reinstate)")
 
 
-# responses ---------------------------------------------------------------------------
-class MemberOut(BaseModel):
-    name: str
-    trusted_flagger: bool
-    active: bool
-    created_at: str
-
-
-class KeyOut(BaseModel):
-    key_id: str
-    member: str
-    roles: list[str]
-    created_at: str
-    revoked_at: str | None = None
-
-
-class KeyCreated(KeyOut):
-    key: str = Field(description="the key itself: shown only this once")
-
-
-class MemberDetail(MemberOut):
-    keys: list[KeyOut]
-
-
-class MemberList(BaseModel):
-    members: list[MemberOut]
-
-
-class KeyList(BaseModel):
-    keys: list[KeyOut]
-
-
-class LabelOut(BaseModel):
-    id: str
-    title: str
-    description: str
-    parent: str | None
-    aliases: list[str]
-
-
-class LabelList(BaseModel):
-    labels: list[LabelOut]
-
-
-class SignalOut(BaseModel):
-    type: str
-    value: str
-    quality: int | None = None
-    timestamp: float | None = None
-    variant: str | None = None
-
-
-class MediaOut(BaseModel):
-    media_id: int
-    contributor: str | None
-    media_type: str
-    labels: list[str]
-    status: str
-    created_at: str
-    updated_at: str
-    signals: list[SignalOut]
-    feedback: dict[str, int] = Field(description="standing agree/disagree count since the "
-                                     "last resolution (one per member, contributor excluded)")
-    note: str | None = None
-    source: str | None = None
-    media_key: str | None = None
-
-
-class ReviewQueue(BaseModel):
-    status: str
-    total: int
-    media: list[MediaOut]
-    next: int
-
-
-class FeedbackOut(BaseModel):
-    id: int
-    media_id: int
-    member: str | None
-    verdict: str
-    reason: str | None
-    labels: list[str] | None
-    created_at: str
-
-
-class FeedbackResult(BaseModel):
-    effect: Literal["recorded", "approved", "rejected", "disputed"]
-    media: MediaOut
-    tally: dict[str, int]
-
-
-class FeedbackList(BaseModel):
-    feedback: list[FeedbackOut]
-
-
-class EventOut(BaseModel):
-    id: int
-    at: str
-    kind: str
-    member: str | None = Field(description="who acted")
-    owner: str | None = Field(description="whom it concerns: a media's contributor, "
-                              "a member whose key changed")
-    key_id: str | None
-    media_id: int | None
-    details: dict[str, Any]
-
-
-class EventPage(BaseModel):
-    events: list[EventOut]
-    next: int
-
-
+# errors ------------------------------------------------------------------------------
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
     code: str = Field(pattern=r"^[a-z_]+$", description="stable, snake_case: what went wrong")

@@ -167,10 +167,21 @@ class Matcher:
     ) -> tuple[str, list[Signal], MatchResult]:
         require_role(caller, Role.MATCHER)
         media_type, signals = self._hash(data)
+        return media_type, signals, self.match_hashed(caller, media_type, signals, options)
+
+    def match_hashed(
+        self, caller: Caller, media_type: str, signals: list[Signal],
+        options: MatchOptions = MatchOptions(),
+    ) -> MatchResult:
+        """The query signals of one media, as `hashing.hash_media(query=True)` made
+        them (here, or by a client that hashes where the media is): matched as the
+        upload of that media is, the closest match per media, and for a video its
+        frames aggregated into `media_matches`. Not held to `max_batch`: a long
+        video has more signals than a batch (the JSON body cap bounds them)."""
         found = self.search(caller, signals, options, from_media=True)
         if media_type == "video":
-            return media_type, signals, self._resolve_video(caller, signals, found)
-        return media_type, signals, self.resolve(caller, found, one_media=True)
+            return self._resolve_video(caller, signals, found)
+        return self.resolve(caller, found, one_media=True)
 
     def _resolve_video(self, caller: Caller, signals: list[Signal], found: Found) -> MatchResult:
         """A video upload: frame matches aggregated per stored media. `matches` holds

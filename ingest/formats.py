@@ -1,6 +1,9 @@
 """Bulk interchange formats for hash lists.
 
-- `csv`: ThreatExchange's `signal_type,signal_str,collab,category,tags` (header optional)
+- `csv`: ThreatExchange's `signal_type,signal_str,collab,category,tags` (header optional),
+  as `threatexchange dataset -P --csv` writes it: its category is an opinion on the
+  signal, not a label (`_PYTX_OPINIONS`), and a `NEGATIVE_CLASS` row (a false positive,
+  or test data) is not imported; hashdb's own export puts a label there
 - `local`: ThreatExchange's local file, lines of `<signal_type> <hash>`
 - `jsonl`: one `{"type", "value", "labels"?, "quality"?, "timestamp"?, "media_key"?,
   "variant"?}` per line
@@ -28,9 +31,12 @@ if TYPE_CHECKING:
 
 CHUNK = 1_000_000
 FRAME_DEDUP = 4
+# python-threatexchange's opinion categories (`AggregateSignalOpinionCategory`).
+_PYTX_OPINIONS = frozenset({"negative_class", "investigation_seed", "positive_class",
+                            "disputed"})
 # ThreatExchange names some types differently.
 _ALIASES = {"pdq": "pdq", "md5": "md5", "video_md5": "md5", "photo_md5": "md5",
-            "sha256": "sha256", "phash": "phash"}
+            "sha256": "sha256", "video_sha256": "sha256", "phash": "phash"}
 
 
 def _detect(path: Path) -> str:
@@ -54,7 +60,12 @@ def read_items(
         for n, row in enumerate(csv.reader(lines), 1):
             if not row or row[0].startswith("#") or (n == 1 and row[0] == "signal_type"):
                 continue
-            labels = [x for x in (row[3:4] + (row[4].split(" ") if len(row) > 4 else [])) if x]
+            category = row[3].strip() if len(row) > 3 else ""
+            if category.lower() == "negative_class":
+                continue
+            if category.lower() in _PYTX_OPINIONS:
+                category = ""
+            labels = [x for x in ([category] + (row[4].split(" ") if len(row) > 4 else [])) if x]
             yield HashItem(_ALIASES.get(row[0].lower(), row[0]), row[1],
                            [*labels, *default_labels] or default_labels,
                            source=row[2] if len(row) > 2 and row[2] else None)

@@ -6,22 +6,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.bodies import json_body, json_request_doc
-from api.deps import CallerDep, ServiceDep
-from api.openapi import errors
-from api.params import Cursor, MediaIdFilter
-from api.schemas import (
+from api.answers import (
+    ChangePage,
     EventPage,
     KeyCreated,
-    KeyIn,
     KeyList,
     KeyOut,
     MemberDetail,
-    MemberIn,
     MemberList,
     MemberOut,
-    MemberUpdate,
 )
+from api.bodies import json_body, json_request_doc
+from api.deps import CallerDep, ServiceDep
+from api.openapi import JSON_BODY, errors
+from api.params import Cursor, MediaIdFilter
+from api.schemas import KeyIn, MemberIn, MemberUpdate
 from hashdb.models import ApiKey, Member
 
 router = APIRouter(prefix="/v1", tags=["members"])
@@ -30,7 +29,7 @@ _KINDS = Query(description="comma-separated event kinds, e.g. feedback,media_dis
 
 
 @router.post("/members", status_code=201, response_model=MemberOut,
-             responses=errors(400, 409, 413), openapi_extra=json_request_doc(MemberIn))
+             responses=errors(*JSON_BODY, "conflict"), openapi_extra=json_request_doc(MemberIn))
 def create_member(
     caller: CallerDep, service: ServiceDep, body: Annotated[MemberIn, json_body(MemberIn)]
 ) -> dict[str, Any]:
@@ -42,14 +41,15 @@ def list_members(caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     return {"members": [member_json(m) for m in service.members.list_members(caller)]}
 
 
-@router.get("/members/{name}", response_model=MemberDetail, responses=errors(400, 404))
+@router.get("/members/{name}", response_model=MemberDetail, responses=errors("not_found"))
 def get_member(name: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     member, keys = service.members.get_member(caller, name)
     return {**member_json(member), "keys": [key_json(k) for k in keys]}
 
 
 @router.patch("/members/{name}", response_model=MemberOut,
-              responses=errors(400, 404, 409, 413), openapi_extra=json_request_doc(MemberUpdate))
+              responses=errors(*JSON_BODY, "not_found", "conflict"),
+              openapi_extra=json_request_doc(MemberUpdate))
 def update_member(
     name: str, caller: CallerDep, service: ServiceDep,
     body: Annotated[MemberUpdate, json_body(MemberUpdate)],
@@ -61,14 +61,14 @@ def update_member(
         reason=body.reason))
 
 
-@router.get("/members/{name}/keys", response_model=KeyList, responses=errors(400, 404))
+@router.get("/members/{name}/keys", response_model=KeyList, responses=errors("not_found"))
 def list_keys(name: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     _, keys = service.members.get_member(caller, name)
     return {"keys": [key_json(k) for k in keys]}
 
 
 @router.post("/members/{name}/keys", status_code=201, response_model=KeyCreated,
-             responses=errors(400, 404, 413), openapi_extra=json_request_doc(KeyIn))
+             responses=errors(*JSON_BODY, "not_found"), openapi_extra=json_request_doc(KeyIn))
 def create_key(
     name: str, caller: CallerDep, service: ServiceDep, body: Annotated[KeyIn, json_body(KeyIn)]
 ) -> dict[str, Any]:
@@ -76,12 +76,12 @@ def create_key(
     return {**key_json(record), "key": key}
 
 
-@router.delete("/keys/{key_id}", response_model=KeyOut, responses=errors(400, 404))
+@router.delete("/keys/{key_id}", response_model=KeyOut, responses=errors("not_found"))
 def revoke_key(key_id: str, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     return key_json(service.members.revoke_key(caller, key_id))
 
 
-@router.get("/events", response_model=EventPage, responses=errors(400))
+@router.get("/events", response_model=EventPage, responses=errors(role=False))
 def events(
     caller: CallerDep,
     service: ServiceDep,
@@ -98,7 +98,7 @@ def events(
             "next": found[-1].id if found else after}
 
 
-@router.get("/audit", response_model=EventPage, responses=errors(400))
+@router.get("/audit", response_model=EventPage, responses=errors())
 def audit(
     caller: CallerDep,
     service: ServiceDep,
@@ -118,7 +118,7 @@ def audit(
     return {"events": [e.as_json() for e in found], "next": found[-1].id if found else after}
 
 
-@router.get("/changes", responses=errors(400))
+@router.get("/changes", response_model=ChangePage, responses=errors())
 def changes(
     caller: CallerDep,
     service: ServiceDep,

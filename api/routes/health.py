@@ -35,13 +35,13 @@ class Ready(BaseModel):
     store_unavailable_since: str | None = Field(None, description="since when (ISO time)")
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, responses=errors(auth=False))
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz", response_model=None,
-            responses={200: {"model": Ready}, **errors(503, auth=False)})
+            responses={200: {"model": Ready}, **errors("not_ready", auth=False)})
 async def readyz(service: ServiceDep) -> dict[str, Any]:
     if not service.ready:
         raise NotReady("the indexes are still loading")

@@ -9,10 +9,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.abuse import charge
+from api.answers import BatchResponse, HashResponse, MatchResponse
 from api.batch import read_batch
 from api.bodies import off_loop, read_media_form, validate
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
-from api.openapi import body_schema, errors
+from api.openapi import JSON_BODY, MATCHING, UPLOAD, body_schema, errors
 from api.responses import json_response
 from api.schemas import BatchRequest, MatchRequest, SignalIn
 from hashdb.errors import InvalidRequest
@@ -27,8 +28,10 @@ _UPLOAD = {"type": "object", "required": ["file"],
 
 
 # The form is read by hand, after the key check (see api/bodies.py).
-@router.post("/hash", responses=errors(400, 413, 415), openapi_extra={"requestBody": {
-    "required": True, "content": {"multipart/form-data": {"schema": _UPLOAD}}}})
+@router.post("/hash", response_model=HashResponse,
+             responses=errors(*UPLOAD, "unknown_signal_type", role=False),
+             openapi_extra={"requestBody": {
+                 "required": True, "content": {"multipart/form-data": {"schema": _UPLOAD}}}})
 async def hash_file(
     request: Request, caller: CallerDep, service: ServiceDep, types: str | None = None
 ) -> Response:
@@ -51,7 +54,8 @@ _MATCH_BODY = {
 }
 
 
-@router.post("/match", openapi_extra=_MATCH_BODY, responses=errors(400, 413, 415))
+@router.post("/match", response_model=MatchResponse, openapi_extra=_MATCH_BODY,
+             responses=errors(*JSON_BODY, *UPLOAD, *MATCHING))
 async def match(
     request: Request, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
 ) -> Response:
@@ -73,6 +77,10 @@ async def match(
     if body.max_distance is not None and options.max_distance is None:
         options = MatchOptions(body.max_distance, options.include_disputed, options.labels,
                                options.min_quality, options.include_candidates)
+    if body.media_type is not None:
+        result = await run_in_threadpool(service.matcher.match_hashed, caller,
+                                         body.media_type, signals, options)
+        return json_response(_result(result, options, body.media_type == "video"))
     if service.matcher.is_light(signals, options):
         # A lookup or two at the default threshold costs less than handing it to a
         # thread (and GIL hand-offs with dozens of threads cost tail latency): search
@@ -86,8 +94,9 @@ async def match(
     return json_response(_result(result, options))
 
 
-@router.post("/match/batch", responses=errors(400, 413), openapi_extra={"requestBody": {
-    "required": True, "content": {"application/json": {"schema": body_schema(BatchRequest)}}}})
+@router.post("/match/batch", response_model=BatchResponse, responses=errors(*JSON_BODY, *MATCHING),
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": body_schema(BatchRequest)}}}})
 async def match_batch(
     request: Request, caller: CallerDep, service: ServiceDep, options: MatchOptionsDep
 ) -> Response:

@@ -9,12 +9,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.abuse import charge
+from api.answers import HashesResponse, MediaContributed, MediaOut
 from api.bodies import json_body, json_request_doc, read_media_form
 from api.deps import CallerDep, ServiceDep
-from api.openapi import errors
+from api.openapi import JSON_BODY, UPLOAD, errors
 from api.params import MediaId
 from api.responses import json_response
-from api.schemas import HashesRequest, MediaOut, WithdrawIn
+from api.schemas import HashesRequest, WithdrawIn
 from hashdb.errors import InvalidRequest
 from hashdb.importing import HashItem
 
@@ -29,7 +30,8 @@ _MEDIA_FORM = {"type": "object", "required": ["file", "labels"], "properties": {
 
 
 # Bodies are read by hand, after the key check (see api/bodies.py).
-@router.post("/media", status_code=201, responses=errors(400, 413, 415), openapi_extra={
+@router.post("/media", status_code=201, response_model=MediaContributed,
+             responses=errors(*UPLOAD, "unknown_label"), openapi_extra={
     "requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": _MEDIA_FORM}}}})
 async def contribute_media(request: Request, caller: CallerDep, service: ServiceDep) -> Response:
@@ -48,7 +50,10 @@ async def contribute_media(request: Request, caller: CallerDep, service: Service
     }, status_code=201)
 
 
-@router.post("/hashes", responses=errors(400, 413), openapi_extra=json_request_doc(HashesRequest))
+@router.post("/hashes", response_model=HashesResponse, response_model_exclude_unset=True,
+             responses=errors(*JSON_BODY, "invalid_signal", "unknown_signal_type",
+                              "unknown_label"),
+             openapi_extra=json_request_doc(HashesRequest))
 def contribute_hashes(
     request: Request, caller: CallerDep, service: ServiceDep,
     body: Annotated[HashesRequest, json_body(HashesRequest)],
@@ -63,7 +68,7 @@ def contribute_hashes(
 
 
 @router.get("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True,
-            responses=errors(400, 404))
+            responses=errors("not_found", role=False))
 def get_media(media_id: MediaId, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     """A media you may see: your own, one you matched or gave feedback on, and for
     reviewers one pending or disputed (admins and auditors: any). Others are 404."""
@@ -72,7 +77,7 @@ def get_media(media_id: MediaId, caller: CallerDep, service: ServiceDep) -> dict
 
 
 @router.delete("/media/{media_id}", response_model=MediaOut, response_model_exclude_unset=True,
-               responses=errors(400, 404, 409, 413),
+               responses=errors(*JSON_BODY, "not_found"),
                openapi_extra=json_request_doc(WithdrawIn, required=False))
 def withdraw_media(
     media_id: MediaId, caller: CallerDep, service: ServiceDep,

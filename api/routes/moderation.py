@@ -7,24 +7,23 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from api.bodies import json_body, json_request_doc
-from api.deps import CallerDep, ServiceDep
-from api.openapi import errors
-from api.params import Cursor, MediaId
-from api.schemas import (
-    FeedbackIn,
+from api.answers import (
     FeedbackList,
     FeedbackResult,
     LabelList,
     MediaOut,
-    ResolutionIn,
     ReviewQueue,
 )
+from api.bodies import json_body, json_request_doc
+from api.deps import CallerDep, ServiceDep
+from api.openapi import JSON_BODY, errors
+from api.params import Cursor, MediaId
+from api.schemas import FeedbackIn, ResolutionIn
 
 router = APIRouter(prefix="/v1", tags=["moderation"])
 
 
-@router.get("/labels", response_model=LabelList, responses=errors())
+@router.get("/labels", response_model=LabelList, responses=errors(role=False))
 def labels(caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     """The taxonomy: the labels a contribution, a match filter or a correction may
     use. A filter on a label also takes its sub-labels."""
@@ -32,7 +31,7 @@ def labels(caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/review", response_model=ReviewQueue, response_model_exclude_unset=True,
-            responses=errors(400))
+            responses=errors())
 def review_queue(
     caller: CallerDep,
     service: ServiceDep,
@@ -50,7 +49,8 @@ def review_queue(
 
 
 @router.post("/media/{media_id}/feedback", response_model=FeedbackResult,
-             response_model_exclude_unset=True, responses=errors(400, 404, 409, 413),
+             response_model_exclude_unset=True,
+             responses=errors(*JSON_BODY, "unknown_label", "not_found", "conflict"),
              openapi_extra=json_request_doc(FeedbackIn))
 def give_feedback(
     media_id: MediaId, caller: CallerDep, service: ServiceDep,
@@ -68,7 +68,7 @@ def give_feedback(
 
 
 @router.get("/media/{media_id}/feedback", response_model=FeedbackList,
-            responses=errors(400, 404))
+            responses=errors("not_found", role=False))
 def list_feedback(media_id: MediaId, caller: CallerDep, service: ServiceDep) -> dict[str, Any]:
     """Feedback on a media: all of it for its contributor and the operators; your own
     otherwise."""
@@ -77,7 +77,8 @@ def list_feedback(media_id: MediaId, caller: CallerDep, service: ServiceDep) -> 
 
 
 @router.post("/media/{media_id}/resolution", response_model=MediaOut,
-             response_model_exclude_unset=True, responses=errors(400, 404, 409, 413),
+             response_model_exclude_unset=True,
+             responses=errors(*JSON_BODY, "unknown_label", "not_found", "conflict"),
              openapi_extra=json_request_doc(ResolutionIn))
 def resolve(
     media_id: MediaId, caller: CallerDep, service: ServiceDep,

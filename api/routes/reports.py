@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.abuse import admitted_caller
+from api.answers import TransparencyReport
 from api.deps import ServiceDep
 from api.openapi import errors
 from api.report_page import CSP, render_login, render_report
@@ -51,9 +52,11 @@ ReportCaller = Annotated[Caller, Depends(report_caller)]
 
 @router.get(
     "/v1/reports/transparency",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}},
-                     "description": "the report as JSON, or as CSV (section,key,value)"},
-               **errors(400)},
+    response_model=TransparencyReport,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                     "description": "the report as JSON, or with `format=csv` as CSV "
+                                    "(section,key,value)"},
+               **errors(role=False)},
 )
 def transparency(
     caller: ReportCaller,
