@@ -14,6 +14,7 @@ import numpy as np
 
 from hashdb.index.base import Hits
 from hashdb.models import MediaStatus, SignalHit
+from hashdb.ranking import best_per_media as best_per_media
 from hashdb.signals import HashValue, Signal, SignalType, match_variant, signal_type
 
 if TYPE_CHECKING:
@@ -221,15 +222,3 @@ def match_of(
     return Match(query_index, hit.media_id, hit.value.type, distance, hit.labels,
                  hit.contributor, hit.status, hit.value, hit.contributor_id, hit.timestamp,
                  match_variant(st.name, query.variant, hit.variant), score, cosine)
-
-
-def best_per_media(matches: list[Match]) -> list[Match]:
-    """For one upload (all its signals are views of one media): the closest match
-    of each signal type per media, the plainest variant on a tie."""
-    best: dict[tuple[int, str], Match] = {}
-    for m in matches:
-        key = (m.media_id, m.signal_type)
-        old = best.get(key)
-        if old is None or m.rank < old.rank:
-            best[key] = m
-    return sorted(best.values(), key=lambda m: (m.query_index, m.distance, m.media_id))

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from conftest import free_port
+from conftest import RunningServer, free_port
 
 HASHDB = [sys.executable, "-m", "hashdb.cli"]
 
@@ -114,3 +119,123 @@ def test_serve_prints_a_working_key_and_example(tmp_path: Path) -> None:
         if proc.stdout:
             proc.stdout.close()
     assert (tmp_path / "hashdb.sqlite3").is_file()
+
+
+# hashdb match: hashed here, matched on a server --------------------------------------
+@pytest.fixture(scope="module")
+def stored(server: RunningServer, shared_data: Path) -> dict[str, int]:
+    """A photo and a video, uploaded the ordinary way."""
+    key = server.new_key("cli-hotline", "contributor")
+    ids = {}
+    for path in (shared_data / "pdq-reference" / "reg-test-input" / "dih" / "bridge-1-original.jpg",
+                 shared_data / "video-samples" / "pattern-hd-no-bar.mp4"):
+        response = server.client(key).post("/v1/media", files={"file": (path.name,
+                                                                       path.read_bytes())},
+                                           data={"labels": "terrorism"})
+        assert response.status_code == 201, response.text
+        ids[path.suffix] = response.json()["media_id"]
+    return ids
+
+
+def uploaded_matches(server: RunningServer, key: str, path: Path) -> dict:
+    response = server.client(key).post("/v1/match", files={"file": (path.name,
+                                                                   path.read_bytes())})
+    assert response.status_code == 200, response.text
+    body: dict = response.json()
+    return body
+
+
+def test_match_prints_a_line_per_file_as_an_upload_answers(
+    server: RunningServer, stored: dict[str, int], shared_data: Path, tmp_path: Path
+) -> None:
+    ref = shared_data / "pdq-reference"
+    folder = tmp_path / "uploads"
+    (folder / "sub").mkdir(parents=True)
+    files = {
+        "b-rotated.jpg": ref / "reg-test-input" / "dih" / "bridge-2-rotate-90.jpg",
+        "c-flipped.jpg": ref / "reg-test-input" / "dih" / "bridge-6-flipy.jpg",
+        "sub/unrelated.jpg": ref / "reg-test-input" / "labelme-subset" / "q1050.jpg",
+        "sub/z-other.jpg": ref / "bridge-mods" / "aaa-orig.jpg",
+    }
+    for name, source in files.items():
+        (folder / name).write_bytes(source.read_bytes())
+    (folder / "notes.txt").write_text("not media\n")
+    key = server.new_key("cli-platform", "matcher")
+    # PDQ only, to be quick (tests/test_client.py compares every type): the upload's
+    # PDQ matches are the answer, as PDQ comes first among its signals.
+    done = run("match", str(folder), "--url", server.url, "--batch", "2", "-j", "2",
+               "--types", "pdq", env={"HASHDB_KEY": key})
+    assert done.returncode == 1, done.stderr  # notes.txt is not media
+    assert done.stderr == ""  # no progress bar: stderr is not a terminal
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    order = ["b-rotated.jpg", "c-flipped.jpg", "notes.txt", "sub/unrelated.jpg",
+             "sub/z-other.jpg"]
+    assert [line["path"] for line in lines] == [str(folder / n) for n in order]
+    by_name = dict(zip(order, lines, strict=True))
+    assert by_name["notes.txt"]["error"]["code"] == "invalid_media"
+    for name, source in files.items():
+        line = by_name[name]
+        assert line["media_type"] == "image" and "media_matches" not in line
+        expected = uploaded_matches(server, key, source)["matches"]
+        assert line["matches"] == [m for m in expected if m["signal_type"] == "pdq"], name
+    assert {m["media_id"] for m in by_name["b-rotated.jpg"]["matches"]} == {stored[".jpg"]}
+    assert by_name["b-rotated.jpg"]["matches"][0]["variant"] == "pdq/rotate90"
+    assert by_name["sub/unrelated.jpg"]["matches"] == []
+
+
+def test_match_a_video_gives_its_media_matches(
+    server: RunningServer, stored: dict[str, int], shared_data: Path
+) -> None:
+    video = shared_data / "video-samples" / "pattern-sd-with-small-logo-bar.mp4"
+    key = server.new_key("cli-video-platform", "matcher")
+    # stderr on a terminal: the progress bar shows there, and only there.
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        done = subprocess.run([*HASHDB, "match", str(video), "--url", server.url, "--key", key],
+                              stdout=subprocess.PIPE, stderr=follower, text=True, timeout=120)
+        os.close(follower)
+        bar = b""
+        while chunk := _read_pty(leader):
+            bar += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert b"1/1" in bar and b"file" in bar
+    [line] = [json.loads(x) for x in done.stdout.splitlines()]
+    expected = uploaded_matches(server, key, video)
+    assert line["media_type"] == "video"
+    assert line["media_matches"] == expected["media_matches"]
+    assert line["matches"] == expected["matches"]
+    assert [m["media_id"] for m in line["media_matches"]] == [stored[".mp4"]]
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the writer has closed it
+        return b""
+
+
+def test_match_stops_on_a_refused_key_and_documents_its_exit_status(
+    server: RunningServer, shared_data: Path
+) -> None:
+    image = shared_data / "pdq-reference" / "bridge-mods" / "aaa-orig.jpg"
+    done = run("match", str(image), "--url", server.url, "--key", "hdb_not_a_key",
+               "--types", "pdq")
+    assert done.returncode == 2 and "unauthorized" in done.stderr
+    assert done.stdout == ""
+    # A request the server refuses fails its files, each with the server's code; the
+    # run goes on.
+    key = server.new_key("cli-strict-platform", "matcher")
+    refused = run("match", str(image), str(image), "--url", server.url, "--key", key,
+                  "--types", "pdq", "--max-distance", "65")
+    assert refused.returncode == 1, refused.stderr
+    lines = [json.loads(x) for x in refused.stdout.splitlines()]
+    assert [x["path"] for x in lines] == [str(image)] * 2
+    assert {x["error"]["code"] for x in lines} == {"invalid_request"}, lines
+    missing = run("match", str(image), env={"HASHDB_URL": "", "HASHDB_KEY": ""})
+    assert missing.returncode == 2 and "--url" in missing.stderr
+    usage = run("match", "--help")
+    text = " ".join(usage.stdout.split())
+    assert "exit status: 0" in text and "1 if any file failed" in text
