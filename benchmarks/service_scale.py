@@ -10,9 +10,16 @@ Builds a store of N seeded random PDQ hashes with `hashdb import`, starts
   withdrawn one is gone on the next request;
 - load from wrk on loopback: single-signal /v1/match (target >= 1,000 req/s,
   p99 <= 25 ms) and /v1/match/batch of 10,000 queries (target >= 8,000
-  lookups/s). The baseline in the same run is /healthz (the HTTP stack alone).
+  lookups/s). The baseline in the same run is /healthz (the HTTP stack alone);
+- first, on a server of its own with an empty store, matching while contributions
+  stream in (`--stream N`, default 1M): one client contributes N hashes through
+  POST /v1/hashes, 10,000 a call, while another sends /v1/match/batch of 1,000
+  queries back to back; lookups/s per 5 s window against the quiet figure on the
+  same index once the stream is over (target: no window below half of it), and
+  the quiet figure in calls of 10,000 (small batches against big ones).
 
     .venv/bin/python benchmarks/service_scale.py --size 10000000 [--json PATH]
+    .venv/bin/python benchmarks/service_scale.py --only stream      # the stream alone
 
 Needs wrk (Debian package `wrk`) for the load part; without it that part is skipped.
 """
@@ -88,6 +95,14 @@ def write_hashes(path: Path, n: int, seed: int, dist: str) -> None:
             f.write("".join(f"pdq {h}\n" for h in hexes))
 
 
+def new_key(data_dir: Path, member: str, roles: str) -> str:
+    """A key made by the CLI; trusted flaggers' contributions go live without review."""
+    out = subprocess.run([*HASHDB, "keys", "create", "--member", member, "--roles", roles,
+                          "--trusted-flagger", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def rss_of(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -111,8 +126,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900) ->
     raise TimeoutError("server not ready")
 
 
-def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HASHDB_INDEX_POLL_SECONDS": "1"}
+def serve(data_dir: Path, port: int, log: Path,
+          env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HASHDB_INDEX_POLL_SECONDS": "1", **(env_extra or {})}
     return subprocess.Popen(
         [*HASHDB, "serve", "--data-dir", str(data_dir), "--port", str(port),
          "--log-level", "warning"],
@@ -154,6 +170,157 @@ def wrk(script: str, url: str, duration: int, connections: int, workdir: Path) -
     return result
 
 
+def stream_phase(workdir: Path, port: int, n: int, seed: int, dist: str, batch: int,
+                 query_batch: int, quiet_s: float) -> dict[str, Any]:
+    """Matching while contributions stream in: a fresh server on an empty store,
+    `n` hashes contributed through POST /v1/hashes in batches of `batch` by one
+    client while another sends /v1/match/batch of `query_batch` queries back to
+    back. Lookups/s are read per 5-second window during the stream, then for
+    `quiet_s` seconds once it is over (the quiet figure, same index, same run);
+    the target is that no window falls below half of it."""
+    import threading
+
+    data_dir = workdir / "stream-data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    url = f"http://127.0.0.1:{port}"
+    contributor_key = new_key(data_dir, "ngo", "contributor")
+    matcher_key = new_key(data_dir, "platform", "matcher")
+    rng = np.random.default_rng(seed + 7)
+    if dist == "real":
+        from benchmarks.realistic import realistic_pdq
+
+        stored = realistic_pdq(n, seed + 7)
+    else:
+        stored = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    hexes = stored.tobytes().hex(" ", 32).split()
+    bodies = [json.dumps({"items": [{"type": "pdq", "value": h, "labels": ["terrorism"]}
+                                    for h in hexes[i : i + batch]]}).encode()
+              for i in range(0, n, batch)]
+    del hexes
+    queries = rng.integers(0, 256, (query_batch, 32), dtype=np.uint8).tobytes().hex(" ", 32)
+    query_body = json.dumps({"queries": [{"id": i, "type": "pdq", "value": v}
+                                         for i, v in enumerate(queries.split())]}).encode()
+    def headers(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    log = workdir / "stream-serve.log"
+    # Capacity, not the abuse limits: the keys' rate limits are lifted for this run.
+    unlimited = {"per_second": 10**9, "burst": 10**10}
+    limits = json.dumps({"matcher": unlimited, "contributor": unlimited})
+    proc = serve(data_dir, port, log, {"HASHDB_RATE_LIMITS": limits})
+    done: list[tuple[float, float, int]] = []  # (sent, answered, lookups) per batch
+    errors: dict[str, dict[int, int]] = {"match": {}, "contribute": {}}
+    stop_matching = threading.Event()
+    contributed = {"n": 0, "start": 0.0, "end": 0.0}
+
+    def matcher() -> None:
+        with httpx.Client(base_url=url, timeout=120, headers=headers(matcher_key)) as c:
+            while not stop_matching.is_set():
+                sent = time.monotonic()
+                r = c.post("/v1/match/batch", content=query_body)
+                if r.status_code == 200:
+                    done.append((sent, time.monotonic(), query_batch))
+                else:
+                    errors["match"][r.status_code] = errors["match"].get(r.status_code, 0) + 1
+
+    def contributor() -> None:
+        with httpx.Client(base_url=url, timeout=300, headers=headers(contributor_key)) as c:
+            contributed["start"] = time.monotonic()
+            for body in bodies:
+                r = c.post("/v1/hashes", content=body)
+                if r.status_code == 200:
+                    contributed["n"] += batch
+                else:
+                    bad = errors["contribute"]
+                    bad[r.status_code] = bad.get(r.status_code, 0) + 1
+            contributed["end"] = time.monotonic()
+
+    try:
+        wait_ready(url, proc)
+        t_match = threading.Thread(target=matcher)
+        t_match.start()
+        time.sleep(2)
+        t_contrib = threading.Thread(target=contributor)
+        t_contrib.start()
+        t_contrib.join()
+        stream_end = time.monotonic()
+        # Quiet: wait until merges are done (the server's index is compact), then measure.
+        settle_start = time.monotonic()
+        time.sleep(quiet_s)
+        quiet_from = time.monotonic()
+        time.sleep(quiet_s)
+        stop_matching.set()
+        t_match.join()
+        # The same quiet index with calls of 10,000 queries: what small batches cost.
+        big = rng.integers(0, 256, (10_000, 32), dtype=np.uint8).tobytes().hex(" ", 32)
+        big_body = json.dumps({"queries": [{"id": i, "type": "pdq", "value": v}
+                                           for i, v in enumerate(big.split())]}).encode()
+        big_lookups, big_from = 0, time.monotonic()
+        with httpx.Client(base_url=url, timeout=120, headers=headers(matcher_key)) as c:
+            while time.monotonic() - big_from < quiet_s:
+                if c.post("/v1/match/batch", content=big_body).status_code == 200:
+                    big_lookups += 10_000
+        quiet_10k = big_lookups / (time.monotonic() - big_from)
+    finally:
+        rss = rss_of(proc.pid)
+        stop(proc)
+
+    def rate(lo: float, hi: float) -> float:
+        """Lookups/s in [lo, hi), each batch's lookups spread over its time in flight."""
+        total = 0.0
+        for a, b, q in done:
+            overlap = min(b, hi) - max(a, lo)
+            if overlap > 0:
+                total += q * overlap / (b - a)
+        return total / (hi - lo)
+
+    quiet = rate(quiet_from, quiet_from + quiet_s)
+    window = 5.0
+    windows = []
+    t = contributed["start"]
+    while t + window <= stream_end:
+        windows.append(rate(t, t + window))
+        t += window
+    after = []
+    t = stream_end
+    while t + window <= quiet_from:
+        after.append(rate(t, t + window))
+        t += window
+    result = {
+        "hashes": n, "batch": batch, "query_batch": query_batch,
+        "contribute_s": (took := contributed["end"] - contributed["start"]),
+        "contributed_per_s": contributed["n"] / max(took, 1e-9),
+        "quiet_lookups_per_s": quiet,
+        "quiet_10k_lookups_per_s": quiet_10k,
+        "stream_windows_lookups_per_s": windows,
+        "after_stream_windows_lookups_per_s": after,
+        "min_window_ratio": min(windows + after) / quiet if windows and quiet else 0.0,
+        "errors": errors, "rss_bytes": rss, "settle_s": quiet_from - settle_start,
+        "slowest_batches": sorted(((round(b - a, 3), round(a - contributed["start"], 1))
+                                   for a, b, _ in done), reverse=True)[:5],
+    }
+    return result
+
+
+def print_stream(s: dict[str, Any]) -> None:
+    windows = s["stream_windows_lookups_per_s"] + s["after_stream_windows_lookups_per_s"]
+    print(f"\n| matching while {s['hashes']:,} hashes stream in (POST /v1/hashes, "
+          f"{s['batch']:,} a call; /v1/match/batch of {s['query_batch']:,}) | value |")
+    print("|---|---|")
+    print(f"| contributions | {s['contributed_per_s']:,.0f} hashes/s "
+          f"({s['contribute_s']:.0f} s), errors {s['errors']['contribute']} |")
+    print(f"| quiet batch matching, same index after the stream | "
+          f"{s['quiet_lookups_per_s']:,.0f} lookups/s |")
+    print(f"| ... in calls of 10,000 queries | {s['quiet_10k_lookups_per_s']:,.0f} lookups/s "
+          f"(calls of {s['query_batch']:,}: "
+          f"{s['quiet_lookups_per_s'] / max(s['quiet_10k_lookups_per_s'], 1):.0%} of it) |")
+    if windows:
+        print(f"| during the stream and after, per 5 s window: min / median | "
+              f"{min(windows):,.0f} / {float(np.median(windows)):,.0f} lookups/s |")
+    print(f"| lowest window / quiet (target >= 0.5) | {s['min_window_ratio']:.2f} |")
+    print(f"| match errors | {s['errors']['match']} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=1_000_000)
@@ -165,6 +332,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" /
                         "service_scale.json")
+    parser.add_argument("--stream", type=int, default=1_000_000,
+                        help="hashes to contribute over HTTP while matching (0: skip)")
+    parser.add_argument("--stream-batch", type=int, default=10_000)
+    parser.add_argument("--stream-query-batch", type=int, default=1_000)
+    parser.add_argument("--only", choices=["all", "stream"], default="all")
     args = parser.parse_args()
     info = print_header("hashdb service at scale", args.seed,
                         ("numpy", "faiss-cpu", "numba", "fastapi", "uvicorn"))
@@ -174,6 +346,15 @@ def main() -> int:
     shutil.rmtree(data_dir, ignore_errors=True)
     url = f"http://127.0.0.1:{args.port}"
     results: dict[str, Any] = {"size": args.size, "dist": args.dist, **info}
+    if args.stream:
+        s = results["stream"] = stream_phase(workdir, args.port, args.stream, args.seed,
+                                             args.dist, args.stream_batch,
+                                             args.stream_query_batch, 30.0)
+        print_stream(s)
+    if args.only == "stream":
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        return 0
 
     hashes = workdir / f"hashes-{args.dist}-{args.size}-{args.seed}.txt"
     if not hashes.exists():
@@ -186,11 +367,7 @@ def main() -> int:
     print(f"import of {args.size:,} hashes: {results['import_s']:.1f} s")
 
     def key(member: str, roles: str) -> str:
-        # Trusted flaggers: their contributions go live without review.
-        out = subprocess.run([*HASHDB, "keys", "create", "--member", member, "--roles", roles,
-                              "--trusted-flagger", "--data-dir", str(data_dir)],
-                             capture_output=True, text=True, check=True).stdout
-        return out.strip().splitlines()[-1]
+        return new_key(data_dir, member, roles)
 
     matcher, contributor = key("platform", "matcher"), key("ngo", "contributor,matcher")
 

@@ -506,7 +506,8 @@ class MultiIndexHammingIndex:
         h = rng.integers(0, 2**63, size=(64, self._words), dtype=np.int64).view(np.uint64)
         layout = Layout(self.signal_type.bits // 16, 16)
         order = rng.permutation(self.signal_type.bits).astype(np.int16)
-        base = _Base.build(layout, h, np.arange(64), order)
+        base = _Base.build(layout, h[:32], np.arange(32), order)
+        base = base.appended(base.dead, np.arange(32, 64), h[32:])  # a merge's kernel too
         for nq in (1, _BATCHED_FROM):
             self._search_base(base, h[:nq], int(self.signal_type.default_max_distance))
         kernels.brute_force(h[:1], h, base.dead, 0)
