@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +33,16 @@ def shared_data() -> Path:
 def as_sets(hits: Hits) -> list[set[tuple[int, int]]]:
     """Each query's hits as a set of (id, distance): order within a query is unspecified."""
     return [set(zip(*(a.tolist() for a in hits.of(i)), strict=True)) for i in range(len(hits))]
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """The first truthy value of `condition()`, polled; fails after `timeout` (a
+    bound for a loaded machine, never a speed asserted)."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+    return result
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ import uvicorn
 
 from api import create_app
 from api.observability import configure_logging
-from conftest import ROOT, free_port, start_server
+from conftest import ROOT, free_port, start_server, wait_for
 from hashdb.errors import StoreUnavailable
 from hashdb.importing import HashItem
 from hashdb.index.follower import IndexFollower
@@ -56,14 +56,6 @@ ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 LINE_FIELDS = {"time", "level", "logger", "message", "request_id", "method", "route", "status",
                "duration_ms", "member", "key_id", "error", "bytes_in", "bytes_out", "client"}
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-    return result
 
 
 def random_pdq() -> str:

@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 
 from api import create_app
-from conftest import RunningServer, free_port, start_server
+from conftest import RunningServer, free_port, start_server, wait_for
 from hashdb.errors import StoreUnavailable
 from hashdb.match_memory import HitCache, PendingEvents
 from hashdb.models import EventQuery, MediaStatus, NewEvent, SignalHit
@@ -41,14 +41,6 @@ from postgres_schemas import postgres_schema
 LABELS = ["terrorism"]
 # Bounded waits (never asserted as speeds): long enough for a loaded machine.
 WAIT = 30.0
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-    return result
 
 
 def pdq_values(rng: random.Random, n: int) -> list[str]:
