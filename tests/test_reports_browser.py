@@ -77,13 +77,27 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
 def submit(driver: Any, button_id: str) -> None:
     """Clicks a form's button and waits until the next page has replaced this one
     (a click returns before the navigation it starts)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     button = driver.find_element(By.ID, button_id)
     button.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(button))
+
+    def replaced(_: Any) -> bool:
+        # Chromium answers either "stale element", or, when the page is swapped
+        # during the check itself, "Node ... does not belong to the document".
+        try:
+            button.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, 20).until(replaced)
 
 
 EXPECTED = {
