@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.observability import note_caller
+from api.observability import client_of, note_caller
 from hashdb.errors import RequestTimeout
 from hashdb.models import Caller
 from hashdb.ratelimit import Admission
@@ -32,9 +32,7 @@ def admitted_caller(request: Request, service: Service, key: str | None) -> Call
     """The caller a request's key belongs to, through the wrong-key lockout and the
     key's rate limit (once per request: every route that needs a key comes here)."""
     admission: Admission = request.app.state.admission
-    peer = request.client.host if request.client else None
-    forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
-    caller = admission.authenticate(service.members, key, admission.client(peer, forwarded))
+    caller = admission.authenticate(service.members, key, client_of(request.scope, admission))
     note_caller(request.scope, caller)  # for the request's log line
     return caller
 

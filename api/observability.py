@@ -154,15 +154,21 @@ class RequestLog:
         return next((t for regex, t in self._templates if regex.match(path)), None)
 
     def _client_of(self, scope: Scope) -> str | None:
-        """The client's address as the abuse limits see it (behind trusted proxies,
-        from X-Forwarded-For)."""
-        peer = scope["client"][0] if scope.get("client") else None
         admission: Admission | None = getattr(self.owner.state, "admission", None)
-        if admission is None or not admission.trusted_proxies:
-            return peer
-        forwarded = ",".join(v.decode("latin-1") for k, v in scope["headers"]
-                             if k == b"x-forwarded-for")
-        return admission.client(peer, forwarded or None)
+        if admission is None:
+            return scope["client"][0] if scope.get("client") else None
+        return client_of(scope, admission)
+
+
+def client_of(scope: Scope, admission: Admission) -> str | None:
+    """Who is calling, as the abuse limits and the log see it: the connection's peer,
+    or behind a trusted proxy the address it heard from (X-Forwarded-For)."""
+    peer = scope["client"][0] if scope.get("client") else None
+    if not admission.trusted_proxies:
+        return peer
+    forwarded = ",".join(v.decode("latin-1") for k, v in scope["headers"]
+                         if k == b"x-forwarded-for")
+    return admission.client(peer, forwarded or None)
 
 
 def route_templates(app: FastAPI) -> list[tuple[re.Pattern[str], str]]:

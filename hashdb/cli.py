@@ -39,12 +39,11 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
 def pin_native_threads() -> None:
     """One native thread per request thread: BLAS, OpenCV and FAISS thread pools would
     otherwise fight the request threads (and each other) for the same few cores."""
-    import cv2
     import faiss
-    from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)
-    cv2.setNumThreads(1)
+    from hashdb.client.files import pin_hashing_threads
+
+    pin_hashing_threads()
     faiss.omp_set_num_threads(1)
 
 
@@ -209,7 +208,7 @@ def _match_line(path: str, result: MatchResult | FileError,
     from hashdb.client.files import FileError
 
     if isinstance(result, FileError):
-        return {"path": path, "error": {"code": result.code, "message": result.message}}
+        return {**result.as_json(), "path": path}  # a request's error knows no path
     line = {"path": path, "media_type": result.media_type,
             "matches": [m.as_json() for m in result.matches]}
     if candidates:

@@ -14,17 +14,17 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from api.deps import CallerDep, ServiceDep
+from api.lookups import match_signals
 from api.openapi import UPLOAD, errors
 from api.responses import json_response
 from api.schemas import MD5_EXAMPLE, PDQ_EXAMPLE, ErrorResponse
 from api.upload import read_upload
 from hashdb import hma
 from hashdb.errors import InvalidRequest
-from hashdb.matching import MatchOptions, MatchResult
+from hashdb.matching import MatchOptions
 from hashdb.members import require_role
 from hashdb.models import Caller, Role
 from hashdb.service import Service
-from hashdb.signals import Signal
 
 router = APIRouter(tags=["hma"])
 
@@ -120,6 +120,8 @@ BanksParam = Annotated[str | None, Query(description="comma-separated: only thes
 UrlParam = Annotated[str | None, Query(
     description="refused (400 url_fetch_unsupported): hashdb never fetches URLs")]
 _IGNORED = "accepted for HMA's clients and ignored: hashdb has no partial bank rollout"
+SeedParam = Annotated[str | None, Query(description=_IGNORED)]
+CoinflipParam = Annotated[bool, Query(description=_IGNORED)]
 
 
 # What a hash lookup may answer, and what HMA's `url=` forms get.
@@ -153,18 +155,6 @@ def _banks(service: Service) -> hma.BankMapping:
     return hma.BankMapping(service.settings.hma_banks)
 
 
-async def _match_one(service: Service, caller: Caller, signal: Signal) -> MatchResult:
-    """One hash matched as /v1/match matches it: searched on the event loop when
-    light, the database asked in a thread only when something was found."""
-    matcher, options = service.matcher, MatchOptions()
-    if not matcher.is_light([signal], options):
-        return await run_in_threadpool(matcher.match, caller, [signal], options)
-    found = matcher.search(caller, [signal], options)
-    if not found.any:
-        return matcher.resolve(caller, found)
-    return await run_in_threadpool(matcher.resolve, caller, found)
-
-
 # Routes --------------------------------------------------------------------------------
 @router.get("/m/raw_lookup", response_model=HmaRawLookup, responses=errors(*_LOOKUP))
 async def raw_lookup(
@@ -173,7 +163,8 @@ async def raw_lookup(
 ) -> Response:
     """Look a hash up: the matched content ids (hashdb media ids). Only media safe to
     act on match (never disputed, disabled, pending or withdrawn ones)."""
-    result = await _match_one(service, caller, hma.query_signal(signal_type, signal))
+    result = await match_signals(service, caller, [hma.query_signal(signal_type, signal)],
+                                 MatchOptions())
     return json_response(hma.raw_matches(result, include_distance, _banks(service),
                                          hma.wanted_banks(banks)))
 
@@ -182,12 +173,12 @@ async def raw_lookup(
 async def lookup(
     caller: MatcherDep, service: ServiceDep, signal_type: SignalTypeParam | None = None,
     signal: SignalParam | None = None, banks: BanksParam = None, url: UrlParam = None,
-    seed: Annotated[str | None, Query(description=_IGNORED)] = None,
-    bypass_coinflip: Annotated[bool, Query(description=_IGNORED)] = False,
+    seed: SeedParam = None, bypass_coinflip: CoinflipParam = False,
 ) -> Response:
     """Look a hash up: the banks its matches are in."""
     hma.refuse_url(url)
-    result = await _match_one(service, caller, hma.query_signal(signal_type, signal))
+    result = await match_signals(service, caller, [hma.query_signal(signal_type, signal)],
+                                 MatchOptions())
     return json_response(hma.bank_matches(result.matches, _banks(service),
                                           hma.wanted_banks(banks)))
 
@@ -197,8 +188,7 @@ async def lookup(
              openapi_extra=_UPLOAD)
 async def lookup_file(
     request: Request, caller: MatcherDep, service: ServiceDep, banks: BanksParam = None,
-    url: UrlParam = None, seed: Annotated[str | None, Query(description=_IGNORED)] = None,
-    bypass_coinflip: Annotated[bool, Query(description=_IGNORED)] = False,
+    url: UrlParam = None, seed: SeedParam = None, bypass_coinflip: CoinflipParam = False,
 ) -> Response:
     """Hash the file in memory (never stored) and look its hashes up, as /v1/match
     does with an upload: per signal type, the banks its matches are in."""
@@ -239,7 +229,7 @@ async def hash_url(caller: MatcherDep, url: UrlParam = None) -> Response:
 @router.get("/m/index/status", response_model=HmaIndexStatus,
             responses=errors("unknown_signal_type"))
 async def index_status(
-    request: Request, caller: MatcherDep, service: ServiceDep,
+    caller: MatcherDep, service: ServiceDep,
     signal_type: Annotated[str | None, Query(description="only this signal type")] = None,
 ) -> Response:
     """The state of each signal type's index, in HMA's shape."""

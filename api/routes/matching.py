@@ -13,6 +13,7 @@ from api.answers import BatchResponse, HashResponse, MatchResponse
 from api.batch import read_batch
 from api.bodies import off_loop, read_media_form, validate
 from api.deps import CallerDep, MatchOptionsDep, ServiceDep
+from api.lookups import match_signals
 from api.openapi import JSON_BODY, MATCHING, UPLOAD, body_schema, errors
 from api.responses import json_response
 from api.schemas import BatchRequest, MatchRequest, SignalIn
@@ -81,17 +82,8 @@ async def match(
         result = await run_in_threadpool(service.matcher.match_hashed, caller,
                                          body.media_type, signals, options)
         return json_response(_result(result, options, body.media_type == "video"))
-    if service.matcher.is_light(signals, options):
-        # A lookup or two at the default threshold costs less than handing it to a
-        # thread (and GIL hand-offs with dozens of threads cost tail latency): search
-        # here, and go to a thread only for the database, when something matched.
-        found = service.matcher.search(caller, signals, options)
-        if not found.any:
-            return json_response(_result(service.matcher.resolve(caller, found), options))
-        result = await run_in_threadpool(service.matcher.resolve, caller, found)
-    else:
-        result = await run_in_threadpool(service.matcher.match, caller, signals, options)
-    return json_response(_result(result, options))
+    return json_response(_result(await match_signals(service, caller, signals, options),
+                                 options))
 
 
 @router.post("/match/batch", response_model=BatchResponse, responses=errors(*JSON_BODY, *MATCHING),

@@ -69,9 +69,10 @@ def _walk_folder(folder: str) -> Iterator[str]:
             yield entry.path
 
 
-def _pin_threads() -> None:
-    """One native thread per worker: the pool is the parallelism, and BLAS or
-    OpenCV thread pools in every worker would fight each other for the cores."""
+def pin_hashing_threads() -> None:
+    """One native thread for the hashing libraries (BLAS, OpenCV) in this process:
+    a pool of workers, or the server's request threads, is the parallelism, and
+    their own thread pools would fight each other for the cores."""
     import cv2
     from threadpoolctl import threadpool_limits
 
@@ -116,7 +117,7 @@ def map_files[T](
 
     pending: deque[Future[list[T]]] = deque()
     source = iter(paths)
-    with ProcessPoolExecutor(jobs, mp_context=_context(), initializer=_pin_threads) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=_context(), initializer=pin_hashing_threads) as pool:
         try:
             while True:
                 while len(pending) < window:
