@@ -144,11 +144,11 @@ class Client:
         """`match` of many media, in order, in few requests: images share requests
         (up to `MEDIA_PER_REQUEST`, 10,000 signals and 2 MB); a video goes alone.
 
-        A video is sent as one media's signals (`"media_type": "video"`), which the
-        server matches as it would the upload: frames aggregated into
-        `media_matches`. The signals of images sharing a request are looked up as a
-        batch; of each image's matches the closest per stored media and type is kept
-        here, as the server keeps it of an upload (`hashdb.ranking.best_per_media`).
+        A media alone in its request is sent as one media's signals (`"media_type"`),
+        which the server matches as it would the upload (a video's frames aggregated
+        into `media_matches`). The signals of images sharing a request are looked up
+        together; of each image's matches the closest per stored media and type is
+        kept here, as the server keeps it of an upload (`hashdb.ranking.best_per_media`).
         With `include_candidates`, each image goes alone: the server leaves out the
         candidates of a media that matched anything in the same request."""
         return self._match_media(media, MatchOptions(max_distance, include_disputed, labels,
@@ -245,36 +245,30 @@ class Client:
                                   params=options.params(), **_json(body))
 
     def _match_group(self, media: list[HashedMedia], options: MatchOptions) -> list[MatchResult]:
-        if len(media) == 1 and media[0].media_type == "video":
-            m = media[0]
-            signals = tuple(m.signals_json())
-            body = self._post_match({"media_type": m.media_type, "signals": list(signals)},
-                                    options)
-            return [MatchResult.from_json(body, m.media_type, signals)]
         per_media = [tuple(m.signals_json()) for m in media]
         starts = [0]
         for signals in per_media:
             starts.append(starts[-1] + len(signals))
         if starts[-1] == 0:  # nothing to look up (no type applies): no request
             return [MatchResult(media_type=m.media_type) for m in media]
+        if len(media) == 1:  # alone: the server matches it as it would the upload
+            m = media[0]
+            body = self._post_match({"media_type": m.media_type, "signals": list(per_media[0])},
+                                    options)
+            return [MatchResult.from_json(body, m.media_type, per_media[0])]
+        # Images sharing a request (never with candidates: see `match_media`).
         body = self._post_match({"signals": [s for ss in per_media for s in ss]}, options)
         found = MatchResult.from_json(body)
         out = []
         for k, m in enumerate(media):
             lo, hi = starts[k], starts[k + 1]
-
-            def mine(items: tuple[Match, ...], lo: int = lo, hi: int = hi) -> list[Match]:
-                return [_shift(x, -lo) for x in items if lo <= x.query_index < hi]
-
-            matches = best_per_media(mine(found.matches))
-            shown = {x.media_id for x in matches}
-            candidates = [c for c in best_per_media(mine(found.candidates))
-                          if c.media_id not in shown]
+            matches = best_per_media([_shift(x, -lo) for x in found.matches
+                                      if lo <= x.query_index < hi])
             skipped = tuple(Skipped(s.type, s.reason, None if s.index is None else s.index - lo)
                             for s in found.skipped
                             if s.index is not None and lo <= s.index < hi)
-            out.append(MatchResult(tuple(matches), tuple(candidates), skipped=skipped,
-                                   media_type=m.media_type, signals=per_media[k]))
+            out.append(MatchResult(tuple(matches), skipped=skipped, media_type=m.media_type,
+                                   signals=per_media[k]))
         return out
 
 
