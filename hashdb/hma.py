@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from hashdb.errors import InvalidMedia, InvalidRequest, UnknownSignalType
@@ -78,8 +79,10 @@ def hma_name(type_name: str, media_type: str = "image") -> str:
     return _HMA_NAMES.get((media_type, type_name), type_name)
 
 
+@cache
 def _names() -> dict[str, str]:
-    """Every signal-type name a query may use (HMA's and hashdb's) to hashdb's."""
+    """Every signal-type name a query may use (HMA's and hashdb's) to hashdb's (the
+    registry is fixed at import: made once, not on every lookup)."""
     names = {name: name for name in SIGNAL_TYPES}
     names.update({hma: ours for (_, ours), hma in _HMA_NAMES.items()})
     return names
