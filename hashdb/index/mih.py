@@ -336,10 +336,12 @@ class MultiIndexHammingIndex:
         base, delta = self._base, self._delta
         args = (base, base.dead.copy(), delta, size, delta.dead[:size].copy())
         self._merge_log = []
-        self._merging = threading.Thread(
-            target=self._merge, args=args, name="mih-merge", daemon=True
-        )
-        self._merging.start()
+        merging = threading.Thread(target=self._merge, args=args, name="mih-merge", daemon=True)
+        # Started before it is published: `wait_for_merge` joins it without the lock,
+        # and joining a thread not yet started raises. (It cannot finish first: its
+        # swap waits for the lock held here.)
+        merging.start()
+        self._merging = merging
 
     def _merge(
         self, base: _Base, base_dead: np.ndarray, delta: _Delta, size: int, delta_dead: np.ndarray
